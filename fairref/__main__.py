@@ -1,0 +1,5 @@
+import sys
+
+from fairref.cli import main
+
+sys.exit(main())
