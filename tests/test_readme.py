@@ -1,0 +1,26 @@
+"""The README's two set-up commands must stay true; CI runs the test command verbatim."""
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _readme_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"```bash\n(.*?)```", text, re.S)
+    assert block, "README.md must open with a ```bash block holding the two commands"
+    return [ln for ln in block.group(1).splitlines() if ln.strip() and not ln.startswith("#")]
+
+
+def test_readme_opens_with_two_commands():
+    """One command runs the main job, one runs the tests."""
+    cmds = _readme_commands()
+    assert len(cmds) == 2, cmds
+    assert "pytest" in cmds[1]
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    """`.ci/run` must execute the README's test command verbatim, not a variant of it."""
+    ci_lines = [ln.strip() for ln in (ROOT / ".ci" / "run").read_text().splitlines()]
+    assert _readme_commands()[1].strip() in ci_lines
