@@ -1,5 +1,33 @@
-"""Masked diffusion LMs: the interface (SPEC §2) and the LLaDA / Dream architectures."""
+"""Masked diffusion LMs: the interface (SPEC §2) and the LLaDA / Dream architectures.
 
+- :class:`MaskedDiffusionLM` — the protocol everything above the model layer uses.
+- :class:`LLaDAModel`, :class:`DreamModel` — the two architectures, parameter names as in
+  the public checkpoints; configs :class:`LLaDAConfig`, :class:`DreamConfig`.
+- :func:`load` / :func:`save` — strict ``config.json`` + safetensors I/O (SPEC §7);
+  :func:`build`, :func:`random_model` — fresh models for tests and training.
+- :func:`load_tokenizer` — ``tokenizer.json`` with the special ids.
+"""
+
+from fairref.models.checkpoint import build, load, random_model, read_config, save
+from fairref.models.config import DreamConfig, LLaDAConfig, config_from_dict
+from fairref.models.dream import DreamModel
+from fairref.models.llada import LLaDAModel
 from fairref.models.protocol import MaskedDiffusionLM, shift_head_logits
+from fairref.models.tokenizer import TextTokenizer, load_tokenizer
 
-__all__ = ["MaskedDiffusionLM", "shift_head_logits"]
+__all__ = [
+    "MaskedDiffusionLM",
+    "shift_head_logits",
+    "LLaDAConfig",
+    "DreamConfig",
+    "config_from_dict",
+    "LLaDAModel",
+    "DreamModel",
+    "build",
+    "random_model",
+    "load",
+    "save",
+    "read_config",
+    "TextTokenizer",
+    "load_tokenizer",
+]

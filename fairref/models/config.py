@@ -1,0 +1,293 @@
+"""Model configurations read from and written back to ``config.json`` (SPEC §2, §7).
+
+Two frozen dataclasses, one per architecture, carrying the fields of the public
+``config.json`` files that the math depends on:
+
+- :class:`LLaDAConfig` — the OLMo-style keys of ``GSAI-ML/LLaDA-8B-Instruct``
+  (``d_model``, ``n_heads``, ``mlp_hidden_size``, ``rope_theta`` = 500000, ...).
+- :class:`DreamConfig` — the Qwen2 keys of ``Dream-org/Dream-v0-Instruct-7B``
+  (``hidden_size``, ``num_key_value_heads``, ``rope_theta`` = 1e6, ...).
+
+Checked against the public config.json of LLaDA-8B-Instruct and the config/modeling code
+of Dream-v0 (``configuration_dream.py``, ``modeling_dream.py``).
+
+Key policy (SPEC §7: "unknown or unsupported config values are errors that name the key").
+Every key of the file lands in one of three places:
+
+1. a dataclass field (sizes, eps, theta, token ids);
+2. a *guarded* key whose value changes the math: it must hold the one value we implement
+   (e.g. ``alibi: false``, ``rope_scaling: null``, ``hidden_act: "silu"``), else
+   ``ValueError`` naming the key and the value; the value is kept in ``extra``;
+3. anything else is informational (dropout rates, ``init_fn``, ``auto_map``,
+   ``transformers_version``, ...) and is kept verbatim in ``extra``.
+
+``to_dict()`` returns ``extra`` merged with the fields, so ``from_dict(d).to_dict() == d``
+for every accepted ``d`` and ``save`` writes the informational keys back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Mapping
+
+_MISSING = object()
+
+
+def _check_guarded(raw: Mapping[str, Any], guarded: Mapping[str, tuple], arch: str) -> None:
+    """Raise ``ValueError`` for a guarded key whose value is not one we implement.
+
+    ``guarded`` maps key → tuple of accepted values; an absent key takes the public
+    default, which is always accepted."""
+    for key, accepted in guarded.items():
+        value = raw.get(key, _MISSING)
+        if value is _MISSING:
+            continue
+        if not any(value == a and type(value) is type(a) for a in accepted):
+            raise ValueError(
+                f"config.json: {arch} key {key!r} = {value!r} is not supported (it changes "
+                f"the computation); fairref implements only {key!r} in {list(accepted)!r}"
+            )
+
+
+def _split(raw: Mapping[str, Any], cls: type, required: tuple[str, ...], arch: str) -> dict:
+    """Take the dataclass fields out of ``raw``; the rest goes to ``extra``."""
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"config.json must hold a JSON object, got {type(raw).__name__}")
+    missing = [k for k in required if k not in raw]
+    if missing:
+        raise ValueError(f"config.json: {arch} config lacks required key(s) {missing}")
+    names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+    kwargs = {k: raw[k] for k in names if k in raw}
+    kwargs["extra"] = {k: v for k, v in raw.items() if k not in names}
+    return kwargs
+
+
+def _to_dict(cfg: Any) -> dict[str, Any]:
+    """``extra`` merged with the fields (fields win), keys sorted like HF writes them."""
+    out = dict(cfg.extra)
+    for f in dataclasses.fields(cfg):
+        if f.name != "extra":
+            out[f.name] = getattr(cfg, f.name)
+    return dict(sorted(out.items()))
+
+
+def _positive(cfg: Any, *names: str) -> None:
+    for n in names:
+        v = getattr(cfg, n)
+        if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+            raise ValueError(f"config: {n} must be a positive integer, got {v!r}")
+
+
+@dataclass(frozen=True)
+class LLaDAConfig:
+    """LLaDA (SPEC §2). Defaults are LLaDA-8B-Instruct's ``config.json``."""
+
+    #: hidden size d
+    d_model: int = 4096
+    #: number of query heads
+    n_heads: int = 32
+    #: number of key/value heads (``None`` in older files means n_heads); 8B has no GQA
+    n_kv_heads: int | None = 32
+    #: number of transformer blocks N
+    n_layers: int = 32
+    #: SwiGLU inner width; ``None`` means mlp_ratio * d_model
+    mlp_hidden_size: int | None = 12288
+    #: fallback for mlp_hidden_size
+    mlp_ratio: int = 4
+    #: tokenizer vocabulary size
+    vocab_size: int = 126464
+    #: rows of the embedding / head (``None`` means vocab_size); 8B: equal to vocab_size
+    embedding_size: int | None = 126464
+    #: RoPE base; 500000 in LLaDA-8B
+    rope_theta: float = 500000.0
+    #: RMSNorm epsilon
+    rms_norm_eps: float = 1e-5
+    #: longest sequence the model was trained on (informational for the math: RoPE extends)
+    max_sequence_length: int = 4096
+    #: the [MASK] id of the diffusion process (<|mdm_mask|>)
+    mask_token_id: int = 126336
+    #: end-of-text id
+    eos_token_id: int | None = 126081
+    #: padding id (LLaDA pads with EOS)
+    pad_token_id: int | None = 126081
+    #: every other key of config.json, kept verbatim for save
+    extra: dict = field(default_factory=dict, compare=True)
+
+    #: keys whose value changes the computation → the values we implement (public values)
+    GUARDED: ClassVar[dict[str, tuple]] = {
+        "model_type": ("llada",),
+        "activation_type": ("silu",),
+        "alibi": (False,),
+        "attention_layer_norm": (False,),
+        "bias_for_layer_norm": (False, None),
+        "block_group_size": (1,),
+        "block_type": ("llama",),
+        "include_bias": (False,),
+        "include_qkv_bias": (False,),
+        "input_emb_norm": (False,),
+        "layer_norm_type": ("rms",),
+        "layer_norm_with_affine": (True,),
+        "multi_query_attention": (None, False),
+        "rope": (True,),
+        "rope_full_precision": (True,),
+        "scale_logits": (False,),
+        "weight_tying": (False,),
+        "rope_scaling": (None,),
+        "yarn": (False,),
+    }
+    REQUIRED: ClassVar[tuple[str, ...]] = ("d_model", "n_heads", "n_layers", "vocab_size",
+                                           "mask_token_id")
+
+    def __post_init__(self) -> None:
+        _positive(self, "d_model", "n_heads", "n_layers", "vocab_size")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"config: d_model={self.d_model} is not divisible by "
+                             f"n_heads={self.n_heads}")
+        if self.n_heads % self.kv_heads:
+            raise ValueError(f"config: n_heads={self.n_heads} is not a multiple of "
+                             f"n_kv_heads={self.n_kv_heads}")
+        if self.head_dim % 2:
+            raise ValueError(f"config: head_dim={self.head_dim} must be even for RoPE")
+        if self.padded_vocab < self.vocab_size:
+            raise ValueError(f"config: embedding_size={self.embedding_size} < "
+                             f"vocab_size={self.vocab_size}")
+        if not 0 <= self.mask_token_id < self.padded_vocab:
+            raise ValueError(f"config: mask_token_id={self.mask_token_id} outside the "
+                             f"embedding (size {self.padded_vocab})")
+        _check_guarded(self.extra, self.GUARDED, "LLaDA")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_heads if self.n_kv_heads is None else self.n_kv_heads
+
+    @property
+    def ffn_dim(self) -> int:
+        return self.mlp_hidden_size if self.mlp_hidden_size is not None \
+            else self.mlp_ratio * self.d_model
+
+    @property
+    def padded_vocab(self) -> int:
+        """Rows of ``wte`` and of the head (LLaDA's ``embedding_size or vocab_size``)."""
+        return self.embedding_size if self.embedding_size is not None else self.vocab_size
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> "LLaDAConfig":
+        """Build from a parsed ``config.json``; see the module docstring for the policy."""
+        return cls(**_split(raw, cls, cls.REQUIRED, "LLaDA"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_dict(self)
+
+
+@dataclass(frozen=True)
+class DreamConfig:
+    """Dream (SPEC §2), Qwen2 layout. Defaults are Dream-v0-Instruct-7B's ``config.json``."""
+
+    #: hidden size d
+    hidden_size: int = 3584
+    #: SwiGLU inner width
+    intermediate_size: int = 18944
+    #: number of query heads
+    num_attention_heads: int = 28
+    #: number of key/value heads (GQA: 4 in Dream-7B)
+    num_key_value_heads: int = 4
+    #: number of transformer blocks N
+    num_hidden_layers: int = 28
+    #: rows of the embedding and of lm_head
+    vocab_size: int = 152064
+    #: RoPE base; 1e6 in Dream-7B (inherited from Qwen2.5)
+    rope_theta: float = 1000000.0
+    #: RMSNorm epsilon
+    rms_norm_eps: float = 1e-6
+    #: inherited from Qwen2.5 (informational for the math: RoPE extends)
+    max_position_embeddings: int = 131072
+    #: the [MASK] id of the diffusion process (<|mask|>)
+    mask_token_id: int = 151666
+    #: begin-of-text id
+    bos_token_id: int | None = 151643
+    #: end-of-text id
+    eos_token_id: int | None = 151643
+    #: padding id
+    pad_token_id: int | None = 151643
+    #: every other key of config.json, kept verbatim for save
+    extra: dict = field(default_factory=dict, compare=True)
+
+    GUARDED: ClassVar[dict[str, tuple]] = {
+        "model_type": ("Dream",),
+        "hidden_act": ("silu",),
+        "tie_word_embeddings": (False,),
+        "rope_scaling": (None,),
+        "use_sliding_window": (False,),
+        "use_mrope": (False,),
+        "final_logit_softcapping": (None,),
+        "final_logit_softcap": (None,),
+    }
+    REQUIRED: ClassVar[tuple[str, ...]] = ("hidden_size", "intermediate_size",
+                                           "num_attention_heads", "num_hidden_layers",
+                                           "vocab_size", "mask_token_id")
+
+    def __post_init__(self) -> None:
+        _positive(self, "hidden_size", "intermediate_size", "num_attention_heads",
+                  "num_key_value_heads", "num_hidden_layers", "vocab_size")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"config: hidden_size={self.hidden_size} is not divisible by "
+                             f"num_attention_heads={self.num_attention_heads}")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(f"config: num_attention_heads={self.num_attention_heads} is not "
+                             f"a multiple of num_key_value_heads={self.num_key_value_heads}")
+        if self.head_dim % 2:
+            raise ValueError(f"config: head_dim={self.head_dim} must be even for RoPE")
+        # Dream's modeling code derives head_dim = hidden_size // heads and ignores the key
+        head_dim = self.extra.get("head_dim")
+        if head_dim is not None and head_dim != self.head_dim:
+            raise ValueError(f"config.json: Dream key 'head_dim' = {head_dim!r} differs from "
+                             f"hidden_size // num_attention_heads = {self.head_dim}; "
+                             "fairref implements only the derived head size")
+        if not 0 <= self.mask_token_id < self.vocab_size:
+            raise ValueError(f"config: mask_token_id={self.mask_token_id} outside the "
+                             f"vocabulary (size {self.vocab_size})")
+        _check_guarded(self.extra, self.GUARDED, "Dream")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> "DreamConfig":
+        """Build from a parsed ``config.json``; see the module docstring for the policy.
+
+        ``num_key_value_heads`` defaults to ``num_attention_heads`` when absent (Qwen2)."""
+        raw = dict(raw)
+        kwargs = _split(raw, cls, cls.REQUIRED, "Dream")
+        if "num_key_value_heads" not in raw or raw["num_key_value_heads"] is None:
+            kwargs["num_key_value_heads"] = raw["num_attention_heads"]
+            if "num_key_value_heads" in raw:  # keep the explicit null for the round trip
+                kwargs["extra"]["num_key_value_heads"] = None
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = _to_dict(self)
+        if "num_key_value_heads" in self.extra and self.extra["num_key_value_heads"] is None:
+            out["num_key_value_heads"] = None
+        return out
+
+
+def config_from_dict(raw: Mapping[str, Any]) -> LLaDAConfig | DreamConfig:
+    """Dispatch on ``model_type`` ("llada" → LLaDA, "Dream" → Dream) and ``architectures``."""
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"config.json must hold a JSON object, got {type(raw).__name__}")
+    model_type = raw.get("model_type")
+    expected_arch = {"llada": "LLaDAModelLM", "Dream": "DreamModel"}
+    if model_type not in expected_arch:
+        raise ValueError(f"config.json: 'model_type' = {model_type!r} is not supported; "
+                         f"expected one of {sorted(expected_arch)}")
+    archs = raw.get("architectures")
+    if archs is not None and archs != [expected_arch[model_type]]:
+        raise ValueError(f"config.json: 'architectures' = {archs!r} does not match "
+                         f"model_type {model_type!r} (expected [{expected_arch[model_type]!r}])")
+    return LLaDAConfig.from_dict(raw) if model_type == "llada" else DreamConfig.from_dict(raw)
