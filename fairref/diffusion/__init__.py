@@ -1,0 +1,21 @@
+"""Diffusion sampling (SPEC §2): the LLaDA and Dream loops, their schedules, and traces."""
+
+from fairref.diffusion.dream_sampler import dream_generate, sample_tokens
+from fairref.diffusion.llada_sampler import add_gumbel_noise, llada_generate
+from fairref.diffusion.schedule import (
+    dream_timesteps,
+    dream_transfer_count,
+    llada_transfer_counts,
+)
+from fairref.diffusion.trace import Trace
+
+__all__ = [
+    "Trace",
+    "add_gumbel_noise",
+    "dream_generate",
+    "dream_timesteps",
+    "dream_transfer_count",
+    "llada_generate",
+    "llada_transfer_counts",
+    "sample_tokens",
+]
