@@ -11,6 +11,15 @@ from fairref.quant.grid import (
     quantize_to_grid,
     search_clip,
 )
+from fairref.quant.int4 import (
+    int4_matmul,
+    pack_int4,
+    pack_int32_ct,
+    unpack_int4,
+    unpack_int32_ct,
+)
+from fairref.quant.linear import QuantLinear, quantize_linears
+from fairref.quant.rotation import hadamard, random_orthogonal, rotation
 
 __all__ = [
     "ACT_CLIP_GRID",
@@ -22,4 +31,14 @@ __all__ = [
     "quantize",
     "quantize_to_grid",
     "search_clip",
+    "int4_matmul",
+    "pack_int4",
+    "pack_int32_ct",
+    "unpack_int4",
+    "unpack_int32_ct",
+    "QuantLinear",
+    "quantize_linears",
+    "hadamard",
+    "random_orthogonal",
+    "rotation",
 ]
