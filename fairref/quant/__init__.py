@@ -11,6 +11,8 @@ from fairref.quant.grid import (
     quantize_to_grid,
     search_clip,
 )
+from fairref.quant.gptq import GPTQResult, gptq_quantize
+from fairref.quant.hessian import HessianAccumulator, hessian
 from fairref.quant.int4 import (
     int4_matmul,
     pack_int4,
@@ -31,6 +33,10 @@ __all__ = [
     "quantize",
     "quantize_to_grid",
     "search_clip",
+    "GPTQResult",
+    "gptq_quantize",
+    "HessianAccumulator",
+    "hessian",
     "int4_matmul",
     "pack_int4",
     "pack_int32_ct",
