@@ -69,7 +69,8 @@ class QuantSpec:
             raise ValueError(
                 f"QuantSpec.scale_mode must be 'restricted' or 'full', got {self.scale_mode!r}"
             )
-        if not (isinstance(self.clip, (int, float)) and 0.0 < float(self.clip) <= 1.0):
+        if isinstance(self.clip, bool) or not (
+                isinstance(self.clip, (int, float)) and 0.0 < float(self.clip) <= 1.0):
             raise ValueError(f"QuantSpec.clip must be a ratio in (0, 1], got {self.clip!r}")
 
     @property
@@ -212,7 +213,10 @@ def dequantize(q: Tensor, scale: Tensor, zero: Tensor | None, spec: QuantSpec) -
     """x̂ = (q − z) · s in float32 (SPEC §1); ``zero`` may be None when symmetric."""
     if q.is_floating_point():
         raise ValueError(f"q must be an integer tensor, got dtype {q.dtype}")
-    if zero is not None and not spec.symmetric:
+    if zero is None and not spec.symmetric:
+        # an asymmetric q_u is offset by z: dropping it would silently shift every value
+        raise ValueError("zero must be given for an asymmetric spec (x̂ = (q_u − z) · s)")
+    if not spec.symmetric:
         qf = (q.to(torch.int32) - _expand(zero, q, spec).to(torch.int32)).to(torch.float32)
     else:
         qf = q.to(torch.float32)
