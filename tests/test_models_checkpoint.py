@@ -1,0 +1,231 @@
+"""Checkpoint directories in and out (SPEC §7): the public layout, shards, bit-identical
+round trips, and one strict error per malformed case, each naming the key or file.
+
+The public layout is written here independently of ``fairref.models``: tensor names and
+shapes come from the naming rules of SPEC §2 spelled out below, not from a model's
+``state_dict``."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from fairref.models import DreamModel, LLaDAModel, load, random_model, save
+from fairref.models.config import config_from_dict
+
+DATA = Path(__file__).parent / "models"
+LLADA_TINY = dict(d_model=32, n_heads=4, n_kv_heads=4, n_layers=2, mlp_hidden_size=48,
+                  vocab_size=40, embedding_size=48, mask_token_id=39, eos_token_id=38,
+                  pad_token_id=38, max_sequence_length=64)
+DREAM_TINY = dict(hidden_size=32, intermediate_size=48, num_attention_heads=4,
+                  num_key_value_heads=2, num_hidden_layers=2, vocab_size=48, mask_token_id=47,
+                  bos_token_id=46, eos_token_id=46, pad_token_id=46, max_position_embeddings=64)
+
+
+def tiny_raw(arch: str) -> dict:
+    name, sizes = {"llada": ("llada-8b-instruct.config.json", LLADA_TINY),
+                   "dream": ("dream-v0-instruct-7b.config.json", DREAM_TINY)}[arch]
+    return {**json.loads((DATA / name).read_text()), **sizes}
+
+
+def public_shapes(arch: str) -> dict[str, tuple]:
+    """Tensor name → shape in the public checkpoints (LLaDA-8B / Dream-7B naming)."""
+    if arch == "llada":
+        d, F, V, n, kv = 32, 48, 48, 2, 32  # kv = n_kv_heads * head_dim
+        out = {"model.transformer.wte.weight": (V, d), "model.transformer.ln_f.weight": (d,),
+               "model.transformer.ff_out.weight": (V, d)}
+        for i in range(n):
+            p = f"model.transformer.blocks.{i}."
+            out.update({p + "attn_norm.weight": (d,), p + "q_proj.weight": (d, d),
+                        p + "k_proj.weight": (kv, d), p + "v_proj.weight": (kv, d),
+                        p + "attn_out.weight": (d, d), p + "ff_norm.weight": (d,),
+                        p + "ff_proj.weight": (F, d), p + "up_proj.weight": (F, d),
+                        p + "ff_out.weight": (d, F)})
+        return out
+    d, F, V, n, kv = 32, 48, 48, 2, 16  # Dream: 2 kv heads of 8
+    out = {"model.embed_tokens.weight": (V, d), "model.norm.weight": (d,), "lm_head.weight": (V, d)}
+    for i in range(n):
+        p = f"model.layers.{i}."
+        out.update({p + "input_layernorm.weight": (d,), p + "post_attention_layernorm.weight": (d,),
+                    p + "self_attn.q_proj.weight": (d, d), p + "self_attn.q_proj.bias": (d,),
+                    p + "self_attn.k_proj.weight": (kv, d), p + "self_attn.k_proj.bias": (kv,),
+                    p + "self_attn.v_proj.weight": (kv, d), p + "self_attn.v_proj.bias": (kv,),
+                    p + "self_attn.o_proj.weight": (d, d), p + "mlp.gate_proj.weight": (F, d),
+                    p + "mlp.up_proj.weight": (F, d), p + "mlp.down_proj.weight": (d, F)})
+    return out
+
+
+def public_tensors(arch: str, dtype=torch.bfloat16, seed=0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {k: (torch.randn(s, generator=g) * 0.3).to(dtype) for k, s in public_shapes(arch).items()}
+
+
+def write_public(path: Path, raw: dict, tensors: dict, shards: int = 1) -> Path:
+    """Write a checkpoint the way the public repositories are laid out."""
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text(json.dumps(raw, indent=2))
+    if shards == 1:
+        save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
+        return path
+    names = sorted(tensors)
+    weight_map = {}
+    for s in range(shards):
+        fname = f"model-{s + 1:05d}-of-{shards:05d}.safetensors"
+        part = {k: tensors[k] for k in names[s::shards]}  # interleaved, like the real index
+        save_file(part, str(path / fname), metadata={"format": "pt"})
+        weight_map.update({k: fname for k in part})
+    (path / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": 0}, "weight_map": weight_map}))
+    return path
+
+
+ARCHS = ["llada", "dream"]
+X = torch.randint(0, 40, (2, 9), generator=torch.Generator().manual_seed(3))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_public_layout_loads_every_tensor_under_its_public_name(arch, tmp_path):
+    """bf16 weights on disk come back as float32, upcast exactly, at the right names."""
+    tensors = public_tensors(arch)
+    model = load(write_public(tmp_path / "ck", tiny_raw(arch), tensors))
+    assert isinstance(model, {"llada": LLaDAModel, "dream": DreamModel}[arch])
+    sd = model.state_dict()
+    assert sorted(sd) == sorted(tensors)
+    assert all(sd[k].dtype == torch.float32 and torch.equal(sd[k], tensors[k].float()) for k in sd)
+    assert not any(p.is_meta for p in model.parameters())
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_sharded_checkpoint_with_index_loads_identically(arch, tmp_path):
+    tensors = public_tensors(arch)
+    one = load(write_public(tmp_path / "one", tiny_raw(arch), tensors))
+    two = load(write_public(tmp_path / "two", tiny_raw(arch), tensors, shards=2))
+    assert len(list((tmp_path / "two").glob("*.safetensors"))) == 2
+    assert torch.equal(one.logits(X), two.logits(X))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("max_shard_bytes", [None, 5000])
+def test_save_then_load_gives_bit_identical_logits(arch, max_shard_bytes, tmp_path):
+    model = random_model(config_from_dict(tiny_raw(arch)), seed=4, std=0.3)
+    out = save(model, tmp_path / "saved", max_shard_bytes=max_shard_bytes)
+    again = load(out)
+    assert torch.equal(again.logits(X), model.logits(X))
+    if max_shard_bytes is not None:
+        index = json.loads((out / "model.safetensors.index.json").read_text())
+        shards = set(index["weight_map"].values())
+        assert len(shards) > 1 and all((out / s).is_file() for s in shards)
+        assert not (out / "model.safetensors").exists()
+    # config.json is written back with every informational key of the real file
+    assert json.loads((out / "config.json").read_text()) == tiny_raw(arch)
+
+
+def test_save_in_bfloat16_then_load_float32_is_exact_upcast(tmp_path):
+    model = random_model(config_from_dict(tiny_raw("dream")), seed=5)
+    again = load(save(model, tmp_path / "bf16", dtype=torch.bfloat16))
+    for k, v in model.state_dict().items():
+        assert torch.equal(again.state_dict()[k], v.to(torch.bfloat16).float())
+
+
+def test_load_in_bfloat16_keeps_bfloat16(tmp_path):
+    model = load(write_public(tmp_path / "ck", tiny_raw("llada"), public_tensors("llada")),
+                 dtype=torch.bfloat16)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert model.logits(X).dtype == torch.bfloat16
+
+
+# --- malformed checkpoints: one test per case, each error names the key or file ---------
+
+
+def test_missing_tensor_is_an_error_naming_it(tmp_path):
+    t = public_tensors("llada")
+    del t["model.transformer.blocks.1.up_proj.weight"]
+    with pytest.raises(ValueError, match=r"missing key 'model\.transformer\.blocks\.1\.up_proj\.weight'"):
+        load(write_public(tmp_path / "ck", tiny_raw("llada"), t))
+
+
+def test_unexpected_tensor_is_an_error_naming_it(tmp_path):
+    t = public_tensors("dream")
+    t["model.layers.0.self_attn.o_proj.bias"] = torch.zeros(32)
+    with pytest.raises(ValueError, match=r"unexpected key 'model\.layers\.0\.self_attn\.o_proj\.bias'"):
+        load(write_public(tmp_path / "ck", tiny_raw("dream"), t))
+
+
+def test_shape_mismatch_is_an_error_naming_the_key(tmp_path):
+    t = public_tensors("dream")
+    t["model.layers.1.self_attn.k_proj.weight"] = torch.zeros(32, 32)  # as if no GQA
+    with pytest.raises(ValueError, match=r"shape mismatch for key 'model\.layers\.1\.self_attn\.k_proj\.weight'"):
+        load(write_public(tmp_path / "ck", tiny_raw("dream"), t))
+
+
+@pytest.mark.parametrize("arch,key,value", [("llada", "alibi", True),
+                                            ("dream", "rope_scaling", {"type": "linear", "factor": 2.0})])
+def test_unsupported_config_value_is_an_error_naming_the_key(arch, key, value, tmp_path):
+    raw = {**tiny_raw(arch), key: value}
+    with pytest.raises(ValueError, match=key):
+        load(write_public(tmp_path / "ck", raw, public_tensors(arch)))
+
+
+def test_missing_config_json_is_an_error_naming_it(tmp_path):
+    ck = write_public(tmp_path / "ck", tiny_raw("llada"), public_tensors("llada"))
+    os.remove(ck / "config.json")
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load(ck)
+
+
+def test_index_naming_a_missing_shard_is_an_error_naming_the_shard(tmp_path):
+    ck = write_public(tmp_path / "ck", tiny_raw("llada"), public_tensors("llada"), shards=2)
+    os.remove(ck / "model-00002-of-00002.safetensors")
+    with pytest.raises(FileNotFoundError, match="model-00002-of-00002.safetensors"):
+        load(ck)
+
+
+def test_index_listing_a_tensor_its_shard_lacks_is_an_error(tmp_path):
+    ck = write_public(tmp_path / "ck", tiny_raw("llada"), public_tensors("llada"), shards=2)
+    index = json.loads((ck / "model.safetensors.index.json").read_text())
+    index["weight_map"]["model.transformer.wte.weight"] = "model-00002-of-00002.safetensors" \
+        if index["weight_map"]["model.transformer.wte.weight"].startswith("model-00001") \
+        else "model-00001-of-00002.safetensors"
+    (ck / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match="model.transformer.wte.weight"):
+        load(ck)
+
+
+def test_malformed_index_is_an_error_naming_the_file(tmp_path):
+    ck = write_public(tmp_path / "ck", tiny_raw("llada"), public_tensors("llada"), shards=2)
+    (ck / "model.safetensors.index.json").write_text(json.dumps({"weight_map": ["not", "a", "map"]}))
+    with pytest.raises(ValueError, match="model.safetensors.index.json"):
+        load(ck)
+
+
+def test_missing_weights_is_an_error_naming_the_files(tmp_path):
+    ck = write_public(tmp_path / "ck", tiny_raw("llada"), public_tensors("llada"))
+    os.remove(ck / "model.safetensors")
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        load(ck)
+
+
+# --- atomic save -------------------------------------------------------------------------
+
+
+def test_save_refuses_a_non_empty_directory_unless_overwrite(tmp_path):
+    model = random_model(config_from_dict(tiny_raw("llada")), seed=6)
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "keep.txt").write_text("user data")
+    with pytest.raises(FileExistsError, match="overwrite"):
+        save(model, target)
+    assert (target / "keep.txt").read_text() == "user data"
+    save(model, target, overwrite=True)
+    assert not (target / "keep.txt").exists() and (target / "model.safetensors").is_file()
+    # nothing temporary is left beside the target
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_save_into_an_empty_existing_directory_is_allowed(tmp_path):
+    model = random_model(config_from_dict(tiny_raw("dream")), seed=7)
+    (tmp_path / "empty").mkdir()
+    assert torch.equal(load(save(model, tmp_path / "empty")).logits(X), model.logits(X))
