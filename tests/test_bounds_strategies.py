@@ -118,14 +118,18 @@ def logit_pairs(draw, V_max: int = 64) -> tuple[np.ndarray, np.ndarray]:
 
 @st.composite
 def hidden_states(draw, d: int, eps: float) -> tuple[np.ndarray, np.ndarray]:
-    """(h, Δh) ``(d,)`` each: ordinary, tiny (‖h‖ ≪ √(εd)), with ‖Δh‖ > ‖h‖, or Δh ∝ −h."""
+    """(h, Δh) ``(d,)`` each: ordinary, tiny (‖h‖ ≪ √(εd)), ‖Δh‖ > ‖h‖, Δh ∝ −h, just past 0."""
     h = draw(hnp.arrays(np.float64, d, elements=st.floats(-1, 1)))
     h = h * draw(st.sampled_from([1e-7 * math.sqrt(eps), 1e-2, 1.0, 30.0]))
     u = draw(hnp.arrays(np.float64, d, elements=st.floats(-1, 1)))
-    kind = draw(st.sampled_from(["relative", "through_zero", "absolute"]))
+    kind = draw(st.sampled_from(["relative", "through_zero", "past_zero", "absolute"]))
     h_norm = float(np.linalg.norm(h))
     if kind == "through_zero":  # the segment passes through (or past) h = 0
         return h, -h * draw(st.sampled_from([0.5, 1.0, 2.0]))
+    if kind == "past_zero":  # just past −0·h, slightly off the line: u(h) flips to ≈ −u(h)
+        # while ‖Δh‖ ≈ ‖h‖, the case where the local constant 1/r(h) is 2× too small.
+        u_perp = u - (u @ h) / (h @ h or 1.0) * h
+        return h, -h * (1 + 1e-3) + 1e-6 * u_perp * h_norm
     if kind == "relative":  # ‖Δh‖ from 1e-6·‖h‖ to 100·‖h‖
         ratio = draw(st.sampled_from([1e-6, 0.1, 0.9, 1.0, 2.0, 100.0]))
         u_norm = float(np.linalg.norm(u)) or 1.0
@@ -135,10 +139,13 @@ def hidden_states(draw, d: int, eps: float) -> tuple[np.ndarray, np.ndarray]:
 
 @st.composite
 def heads(draw, d: int, V: int) -> tuple[np.ndarray, np.ndarray]:
-    """An LM head W ``(V, d)`` (generic, rank one, or with a dominant row) and norm weight g ``(d,)``."""
+    """An LM head W ``(V, d)`` (generic, rank one, a dominant row, or rows (w, −w, 0…)) and g ``(d,)``."""
     W = draw(hnp.arrays(np.float64, (V, d), elements=st.floats(-1, 1)))
-    kind = draw(st.sampled_from(["generic", "rank_one", "outlier_row"]))
-    if kind == "rank_one":
+    kind = draw(st.sampled_from(["generic", "rank_one", "outlier_row", "antisymmetric"]))
+    if kind == "antisymmetric":  # z = (s, −s, 0, …): a centered Δz, T1's tight direction
+        W[1] = -W[0]
+        W[2:] = 0.0
+    elif kind == "rank_one":
         W = np.outer(W[:, 0], W[0, :])
     elif kind == "outlier_row":
         W[0] *= 50.0
