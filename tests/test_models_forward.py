@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from torch import nn
 
 from fairref.models import DreamModel, LLaDAModel, MaskedDiffusionLM, config_from_dict, random_model
@@ -290,3 +292,20 @@ def test_malformed_attention_mask_is_an_error(bad, match):
     model = tiny_model("llada")
     with pytest.raises(ValueError, match=match):
         model.logits(ids(), bad)
+
+
+@given(arch=st.sampled_from(ARCHS), L=st.integers(1, 8), n_pad=st.integers(1, 6),
+       B=st.integers(1, 3), seed=st.integers(0, 2**16))
+def test_any_appended_padding_is_invisible_to_real_tokens(arch, L, n_pad, B, seed):
+    """Property form of the padding test, down to a single real token (L=1) and padding
+    longer than the sequence; padded ids include the mask id. float64, tolerance 1e-12."""
+    model = _MODELS[arch]
+    x = ids(B=B, L=L, seed=seed)
+    pad = ids(B=B, L=n_pad, seed=seed + 1)
+    pad[:, 0] = model.mask_token_id % 40
+    mask = torch.cat([torch.ones(B, L, dtype=torch.bool), torch.zeros(B, n_pad, dtype=torch.bool)], 1)
+    z_pad = model.logits(torch.cat([x, pad], 1), mask)[:, :L]
+    torch.testing.assert_close(z_pad, model.logits(x), rtol=0, atol=1e-12)
+
+
+_MODELS = {a: tiny_model(a) for a in ARCHS}

@@ -8,7 +8,9 @@
 - :func:`load_tokenizer` — ``tokenizer.json`` with the special ids.
 """
 
-from fairref.models.checkpoint import build, load, random_model, read_config, save
+from fairref.models.checkpoint import (
+    build, check_state_dict, load, random_model, read_config, read_weights, save,
+)
 from fairref.models.config import DreamConfig, LLaDAConfig, config_from_dict
 from fairref.models.dream import DreamModel
 from fairref.models.llada import LLaDAModel
@@ -28,6 +30,8 @@ __all__ = [
     "load",
     "save",
     "read_config",
+    "read_weights",
+    "check_state_dict",
     "TextTokenizer",
     "load_tokenizer",
 ]
