@@ -1,10 +1,8 @@
 """T2 (theory/T2_hidden_state_lift.md, SPEC §6): KL_i ≤ ¼ L_i² ‖Δh_i‖² for z = W·RMSNorm_g(h).
 
-Tolerances. The measured KL is computed from float64 logits that already carry rounding:
-each logit of W·(g ⊙ h / r) is off by ≤ (2d + 6)·eps·‖W_v‖·‖g‖_∞·√d (r: d + 3 roundings,
-h/r and g⊙: 2, the dot product: d; ‖g ⊙ h / r‖ ≤ ‖g‖_∞ √d), and fl(h + Δh) moves the
-applied step by ≤ eps·‖h + Δh‖, which the map amplifies by at most L_glob. With e the
-sum of these (halved, as ¼‖a + b‖² = (½‖a‖ + ½‖b‖)²): measured ≤ (√bound·REL + e)² + kl_tol.
+Tolerances. The measured KL comes from float64 logits that already carry rounding;
+``lift_slack`` (test_bounds_strategies) derives the resulting e with
+measured ≤ (√bound·REL + e)² + kl_tol.
 
 Legend: V vocabulary, d hidden size.
 """
@@ -16,7 +14,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from test_bounds_strategies import EPS, heads, hidden_states, kl_tol
+from test_bounds_strategies import EPS, heads, hidden_states, kl_tol, lift_slack
 
 from fairref.bounds import hidden_lift_bound, lift_constant, rms_norm, spectral_norm
 
@@ -47,23 +45,13 @@ def lift_cases(draw):
     return h, dh, W, g, eps
 
 
-def _rounding_slack(h, dh, W, g, eps):
-    """e of the module docstring: logits rounding plus the rounding of h + Δh, halved."""
-    d = h.size
-    g_inf = float(np.abs(g).max())
-    e_logits = (2 * d + 6) * EPS * float(np.linalg.norm(W)) * g_inf * math.sqrt(d)
-    L_glob = float(np.linalg.norm(W, 2)) * g_inf / math.sqrt(eps)
-    e_step = L_glob * EPS * float(np.linalg.norm(h + dh))
-    return e_logits + e_step / 2
-
-
 @given(lift_cases())
 def test_T2_kl_at_most_quarter_L_squared_dh_squared(case):
     """The segment constant L_i bounds the head's KL, for tiny h, ‖Δh‖ > ‖h‖, Δh = −h, …"""
     h, dh, W, g, eps = case
     r = hidden_lift_bound(_t(h), _t(dh), _t(W), _t(g), eps)
     z, z_q = _head_logits(h, W, g, eps), _head_logits(h + dh, W, g, eps)
-    slack = _rounding_slack(h, dh, W, g, eps)
+    slack = lift_slack(h, dh, W, g, eps)
     assert float(r.kl) <= (math.sqrt(float(r.bound)) * REL + slack) ** 2 + kl_tol(z, z_q)
     # The global constant ‖W‖₂‖g‖_∞/√ε dominates the segment constant everywhere.
     assert float(r.bound) <= float(r.bound_global) * REL

@@ -53,6 +53,22 @@ def kl_tol(z: np.ndarray | torch.Tensor, z_q: np.ndarray | torch.Tensor) -> floa
     return 2 * e1 + (e1 + (math.ceil(math.log2(V)) + 3) * EPS) * R
 
 
+def lift_slack(h: np.ndarray, dh: np.ndarray, W: np.ndarray, g: np.ndarray, eps: float) -> float:
+    """e with KL ≤ (√(¼L²‖Δh‖²) + e)² for the *computed* logits of W·RMSNorm_g (T2, T3).
+
+    Each logit of W·(g ⊙ h / r) is off by ≤ (2d + 6)·eps·‖W_v‖·‖g‖_∞·√d (r: d + 3 roundings,
+    h/r and g⊙: 2, the dot product: d; ‖g ⊙ h / r‖ ≤ ‖g‖_∞√d), for z and z_q alike, and
+    fl(h + Δh) moves the applied step by ≤ eps·‖h + Δh‖, which the map amplifies by at most
+    L_glob = ‖W‖₂‖g‖_∞/√ε. Halved because ¼‖a + b‖² = (½‖a‖ + ½‖b‖)².
+    """
+    d = h.shape[-1]
+    g_inf = float(np.abs(g).max())
+    e_logits = (2 * d + 6) * EPS * float(np.linalg.norm(W)) * g_inf * math.sqrt(d)
+    L_glob = float(np.linalg.norm(W, 2)) * g_inf / math.sqrt(eps)
+    e_step = L_glob * EPS * float(np.linalg.norm(h + dh))
+    return e_logits + e_step / 2
+
+
 @st.composite
 def logits(draw, V_min: int = 2, V_max: int = 64) -> np.ndarray:
     """Teacher logits ``(V,)`` float64 of one of ``LOGIT_KINDS``, scale up to 1e3."""
