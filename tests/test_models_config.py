@@ -51,10 +51,23 @@ def test_real_config_round_trips_exactly(name):
 
 
 @pytest.mark.parametrize("cls,name", [(LLaDAConfig, LLADA), (DreamConfig, DREAM)])
-def test_default_preset_is_the_published_model(cls, name):
-    """The dataclass defaults are documented as the 8B/7B values: check that claim."""
-    parsed = cls.from_dict(real(name))
-    assert dataclasses.replace(parsed, extra={}) == cls()
+def test_default_preset_is_the_published_file(cls, name):
+    """The defaults are documented as the 8B/7B config.json: fields and every other key."""
+    assert cls.from_dict(real(name)) == cls()
+    assert cls().to_dict() == real(name)
+
+
+@pytest.mark.parametrize("cls,name,sizes", [
+    (LLaDAConfig, LLADA, dict(d_model=16, n_heads=2, n_kv_heads=2, n_layers=1, vocab_size=8,
+                              embedding_size=8, mlp_hidden_size=24, mask_token_id=7)),
+    (DreamConfig, DREAM, dict(hidden_size=16, num_attention_heads=2, num_key_value_heads=1,
+                              num_hidden_layers=1, vocab_size=8, intermediate_size=24,
+                              mask_token_id=7))])
+def test_a_resized_preset_writes_the_real_key_set(cls, name, sizes):
+    """Tiny toy/test configs made with dataclasses.replace carry the real file's keys."""
+    small = dataclasses.replace(cls(), **sizes)
+    assert set(small.to_dict()) == set(real(name))
+    assert config_from_dict(small.to_dict()) == small
 
 
 # Each case: a value that would change the math; the error must name the key.

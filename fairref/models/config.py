@@ -23,15 +23,51 @@ Every key of the file lands in one of three places:
 
 ``to_dict()`` returns ``extra`` merged with the fields, so ``from_dict(d).to_dict() == d``
 for every accepted ``d`` and ``save`` writes the informational keys back.
+
+Presets: ``LLaDAConfig()`` *is* LLaDA-8B-Instruct and ``DreamConfig()`` *is*
+Dream-v0-Instruct-7B, including every informational key of their files; a tiny model for
+tests or toy training is ``dataclasses.replace(LLaDAConfig(), d_model=64, ...)`` and so
+saves a config.json with exactly the real key set.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping
 
 _MISSING = object()
+
+#: The keys of LLaDA-8B-Instruct's config.json that are not dataclass fields (guarded
+#: flags and informational values). They are the default ``extra``, so the preset and any
+#: ``dataclasses.replace`` of it (tiny test/toy models) write the real file's key set.
+_LLADA_8B_EXTRA = {
+    "activation_type": "silu", "alibi": False, "alibi_bias_max": 8.0,
+    "architectures": ["LLaDAModelLM"], "attention_dropout": 0.0, "attention_layer_norm": False,
+    "attention_layer_norm_with_affine": True,
+    "auto_map": {"AutoConfig": "configuration_llada.LLaDAConfig",
+                 "AutoModelForCausalLM": "modeling_llada.LLaDAModelLM",
+                 "AutoModel": "modeling_llada.LLaDAModelLM"},
+    "bias_for_layer_norm": False, "block_group_size": 1, "block_type": "llama",
+    "embedding_dropout": 0.0, "flash_attention": False, "include_bias": False,
+    "include_qkv_bias": False, "init_cutoff_factor": None, "init_device": "meta",
+    "init_fn": "mitchell", "init_std": 0.02, "input_emb_norm": False, "layer_norm_type": "rms",
+    "layer_norm_with_affine": True, "model_type": "llada", "multi_query_attention": None,
+    "precision": "amp_bf16", "residual_dropout": 0.0, "rope": True, "rope_full_precision": True,
+    "scale_logits": False, "transformers_version": "4.46.3", "use_cache": False,
+    "weight_tying": False,
+}
+#: The same for Dream-v0-Instruct-7B's config.json.
+_DREAM_7B_EXTRA = {
+    "architectures": ["DreamModel"], "attention_dropout": 0.0,
+    "auto_map": {"AutoConfig": "configuration_dream.DreamConfig",
+                 "AutoModel": "modeling_dream.DreamModel"},
+    "hidden_act": "silu", "initializer_range": 0.02, "max_window_layers": 28,
+    "model_type": "Dream", "rope_scaling": None, "sliding_window": None,
+    "tie_word_embeddings": False, "torch_dtype": "bfloat16", "transformers_version": "4.46.2",
+    "use_cache": False, "use_sliding_window": False,
+}
 
 
 def _check_guarded(raw: Mapping[str, Any], guarded: Mapping[str, tuple], arch: str) -> None:
@@ -63,9 +99,11 @@ def _split(raw: Mapping[str, Any], cls: type, required: tuple[str, ...], arch: s
     return kwargs
 
 
-def _to_dict(cfg: Any) -> dict[str, Any]:
-    """``extra`` merged with the fields (fields win), keys sorted like HF writes them."""
-    out = dict(cfg.extra)
+def _to_dict(cfg: Any, model_type: str) -> dict[str, Any]:
+    """``extra`` merged with the fields (fields win), keys sorted like HF writes them.
+    ``model_type`` is always present: the loader dispatches on it."""
+    out = copy.deepcopy(cfg.extra)
+    out.setdefault("model_type", model_type)
     for f in dataclasses.fields(cfg):
         if f.name != "extra":
             out[f.name] = getattr(cfg, f.name)
@@ -111,8 +149,8 @@ class LLaDAConfig:
     eos_token_id: int | None = 126081
     #: padding id (LLaDA pads with EOS)
     pad_token_id: int | None = 126081
-    #: every other key of config.json, kept verbatim for save
-    extra: dict = field(default_factory=dict, compare=True)
+    #: every other key of config.json, kept verbatim for save (default: the 8B file's)
+    extra: dict = field(default_factory=lambda: copy.deepcopy(_LLADA_8B_EXTRA))
 
     #: keys whose value changes the computation → the values we implement (public values)
     GUARDED: ClassVar[dict[str, tuple]] = {
@@ -181,7 +219,7 @@ class LLaDAConfig:
         return cls(**_split(raw, cls, cls.REQUIRED, "LLaDA"))
 
     def to_dict(self) -> dict[str, Any]:
-        return _to_dict(self)
+        return _to_dict(self, "llada")
 
 
 @dataclass(frozen=True)
@@ -214,8 +252,8 @@ class DreamConfig:
     eos_token_id: int | None = 151643
     #: padding id
     pad_token_id: int | None = 151643
-    #: every other key of config.json, kept verbatim for save
-    extra: dict = field(default_factory=dict, compare=True)
+    #: every other key of config.json, kept verbatim for save (default: the 7B file's)
+    extra: dict = field(default_factory=lambda: copy.deepcopy(_DREAM_7B_EXTRA))
 
     GUARDED: ClassVar[dict[str, tuple]] = {
         "model_type": ("Dream",),
@@ -271,7 +309,7 @@ class DreamConfig:
         return cls(**kwargs)
 
     def to_dict(self) -> dict[str, Any]:
-        out = _to_dict(self)
+        out = _to_dict(self, "Dream")
         if "num_key_value_heads" in self.extra and self.extra["num_key_value_heads"] is None:
             out["num_key_value_heads"] = None
         return out
