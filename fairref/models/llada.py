@@ -11,10 +11,11 @@ q/k norm, no input-embedding scaling, no logit scaling, untied head). One block:
 bidirectional with scale 1/sqrt(hd). After the last block: ``logits = ff_out(ln_f(h))``,
 where ``model.transformer.ff_out`` is the head. ``logit_shift = 0``: row i predicts token i.
 
-Differences from the public code, on purpose: the public forward, when given a padding
-mask, adds the mask to a *causal* bias (an artefact of its OLMo ancestry); here a padding
-mask only hides padded keys and attention stays bidirectional (SPEC §2). Dropout is absent
-(inference only).
+Padding (SPEC §2): a padding mask hides padded *keys* and attention stays bidirectional.
+The current public forward (Oct 2025 update) does the same with an additive
+``finfo.min`` on padded keys, which gives the same softmax; earlier versions of it added
+the mask to a *causal* bias (an artefact of the OLMo ancestry), which we do not copy.
+Dropout is absent (inference only).
 
 Legend: B batch, L sequence length, d d_model, V embedding_size, F mlp_hidden_size,
 H heads, Hk kv heads, hd head size.
