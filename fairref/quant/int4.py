@@ -157,25 +157,28 @@ def unpack_int32_ct(packed: Tensor, K: int, bits: int = 4) -> Tensor:
 # --- integer matmul --------------------------------------------------------------------------------
 
 
-def _exact_acc(a: Tensor, w: Tensor, bound: int) -> Tensor:
-    """A·Wᵀ (..., T, k) × (..., N, k) → (..., T, N) as exact integers, returned as int32.
+def exact_acc_f32(a: Tensor, w: Tensor, bound: int) -> Tensor:
+    """float32(A·Wᵀ) for (..., T, k) × (..., N, k) → (..., T, N), the sum taken exactly.
 
-    Fast path, float32 BLAS, taken only when ``bound`` (= k·max|a|·max|w|) ≤ 2^24 and the
+    Fast path, float32 BLAS, taken only when ``bound`` (≥ k·max|a|·max|w|) ≤ 2^24 and the
     float32 matmul precision is "highest" (no TF32/bf16 shortcuts). Why it is then exact:
     each product a_k·w_k is an integer of magnitude ≤ max|a|·max|w|, and every partial sum
     that any summation order (BLAS blocking, FMA, vector lanes) can form is a sum of a
     subset of these products, hence an integer of magnitude ≤ k·max|a|·max|w| ≤ 2^24.
     All integers of magnitude ≤ 2^24 are representable in float32, and an IEEE operation
     (add, multiply or fused multiply-add) whose exact result is representable returns that
-    result. By induction over the operations, every intermediate is the exact integer, so
-    the output is exactly Σ_k a_k·w_k whatever order BLAS uses.
-    Otherwise: an exact integer (int64) matmul, then narrowed to int32 (the caller has
-    checked that the result fits).
+    result. By induction over the operations every intermediate is the exact integer, so
+    the output is exactly Σ_k a_k·w_k (= float32(acc), no rounding) whatever order BLAS uses.
+    Otherwise: the exact integer matmul (int64; the caller has checked that |acc| < 2^31,
+    so it equals the int32 accumulator), then float32(acc) rounded once, as pinned.
     """
     if bound <= F32_EXACT_INT and torch.get_float32_matmul_precision() == "highest":
         acc = torch.matmul(a.to(torch.float32), w.to(torch.float32).transpose(-1, -2))
-        return acc.to(torch.int32)  # exact integers, so the cast loses nothing
-    return torch.matmul(a.to(torch.int64), w.to(torch.int64).transpose(-1, -2)).to(torch.int32)
+        # The one float artefact: a sum whose terms are all −0 (0·(−w)) is −0, but
+        # float32(0) is +0. x + (+0) maps −0 to +0 and leaves every other value unchanged.
+        return acc.add_(0.0)
+    acc = torch.matmul(a.to(torch.int64), w.to(torch.int64).transpose(-1, -2))
+    return acc.to(torch.int32).to(torch.float32)
 
 
 def int4_matmul(a_q: Tensor, s_a: Tensor, w_q: Tensor, s_w: Tensor,
@@ -219,12 +222,12 @@ def int4_matmul(a_q: Tensor, s_a: Tensor, w_q: Tensor, s_w: Tensor,
     bound = g * amax_a * amax_w  # ≥ every |partial sum| of one group's dot product
 
     if G == 1:
-        acc = _exact_acc(a_q, w_q, bound)  # (T, N) int32
-        return (acc.to(torch.float32) * s_a) * s_w.T  # the pinned epilogue order
+        acc = exact_acc_f32(a_q, w_q, bound)  # (T, N) float32(acc), exact
+        return (acc * s_a) * s_w.T  # the pinned epilogue order
     a_g = a_q.reshape(T, G, g).transpose(0, 1)  # (G, T, g)
     w_g = w_q.reshape(N, G, g).transpose(0, 1)  # (G, N, g)
-    acc = _exact_acc(a_g, w_g, bound)  # (G, T, N) int32, one exact sum per group
-    out = (acc[0].to(torch.float32) * s_a) * s_w[:, 0]  # (T, N): group 0 starts the sum
+    acc = exact_acc_f32(a_g, w_g, bound)  # (G, T, N) float32(acc_g), one exact sum per group
+    out = (acc[0] * s_a) * s_w[:, 0]  # (T, N): group 0 starts the sum
     for gi in range(1, G):  # ascending g, one float32 add per group
-        out = out + (acc[gi].to(torch.float32) * s_a) * s_w[:, gi]
+        out = out + (acc[gi] * s_a) * s_w[:, gi]
     return out
