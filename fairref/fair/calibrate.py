@@ -1,0 +1,180 @@
+"""Stage II core: sequential, layer-wise, token-weighted quantization of a model (SPEC §4.2).
+
+Blocks ℓ = 1..N are quantized in order. Block ℓ sees X^ℓ, its inputs along the
+*already-quantized* path (GPTQ's sequential scheme), and its full-precision target
+Y^ℓ = Block^ℓ(teacher's input to block ℓ). Within a block the linears are quantized
+true-sequentially in the groups of ``model.linear_groups()`` — (q, k, v) → (o) →
+(gate, up) → (down) — re-collecting each group's inputs after the previous group has been
+replaced by its quantized version, so every linear is solved for the inputs it will really
+see.
+
+Solver (a) of SPEC §4.3: each linear is quantized by weighted GPTQ on its own
+full-precision output, with H = 2 Σ_n w_n x̃_n x̃_nᵀ / Σ_n w_n built from x̃_n = Q_a(x_n R),
+the input as the quantized forward sees it (rotation, then activation quantization), and
+the weight W R. With ``solver="rtn"`` no data is used (RTN); with all w_n = 1 this is the
+ordinary layer-wise GPTQ (SPEC §4.4), so the token weights are the only difference between
+methods and ablations are exact.
+
+The weights ``w`` are per hidden-state row (B, L): the caller maps positions to rows
+(for Dream, hidden state i carries the weight of position i + 1, SPEC §3.4) and zeroes
+padding. This module never builds a prior: that is Stage I's job.
+
+Reported per block: the weighted hidden-state MSE L_ℓ = Σ_n w_n ‖Y_n − Block_Q(X_n)‖² /
+Σ_n w_n (SPEC §4.2).
+
+Legend: B calibration states, L sequence length, d hidden size, K a linear's inputs,
+T = B·L tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Literal
+
+import torch
+from torch import Tensor, nn
+
+from fairref.quant.gptq import gptq_quantize
+from fairref.quant.grid import QuantSpec, fake_quantize
+from fairref.quant.hessian import HessianAccumulator
+from fairref.quant.linear import QuantLinear
+from fairref.quant.rotation import RotationKind, rotation as make_rotation
+
+
+@dataclass(frozen=True)
+class CalibConfig:
+    """What Stage II quantizes and how (SPEC §1, §4.3a). Defaults: W4A4 + Hadamard + GPTQ."""
+
+    w_spec: QuantSpec = QuantSpec(bits=4)  # per-output-channel symmetric int4 weights
+    a_spec: QuantSpec | None = QuantSpec(bits=4, granularity="token")  # None: weight-only
+    rotation: RotationKind | None = "hadamard"  # per-linear rotation R, or None
+    rotation_seed: int = 0  # used only by rotation="random"
+    solver: Literal["rtn", "gptq"] = "gptq"
+    percdamp: float = 0.01  # GPTQ damping, fraction of mean(diag H)
+    blocksize: int = 128  # GPTQ lazy-batch columns (does not change the result)
+    act_order: bool = False  # GPTQ column order by descending diag H
+
+    def __post_init__(self) -> None:
+        if self.solver not in ("rtn", "gptq"):
+            raise ValueError(f"CalibConfig.solver must be 'rtn' or 'gptq', got {self.solver!r}")
+
+
+@dataclass
+class CalibReport:
+    """Per-block weighted hidden-state MSE L_ℓ after quantizing block ℓ (SPEC §4.2)."""
+
+    block_loss: list[float] = field(default_factory=list)
+    #: per linear (qualified name): the GPTQ damping used and whether it fell back to RTN
+    solver_info: dict[str, dict] = field(default_factory=dict)
+
+
+def _capture_inputs(block: nn.Module, names: list[str], run: Callable[[], Tensor]
+                    ) -> dict[str, Tensor]:
+    """Run ``run()`` once and return the input each named linear of ``block`` received."""
+    seen: dict[str, Tensor] = {}
+    hooks = []
+    for name in names:
+        def hook(_mod, args, name=name):
+            seen[name] = args[0].detach()
+        hooks.append(block.get_submodule(name).register_forward_pre_hook(hook))
+    try:
+        run()
+    finally:
+        for h in hooks:
+            h.remove()
+    missing = [n for n in names if n not in seen]
+    if missing:
+        raise RuntimeError(f"linears {missing} were not called by the block's forward")
+    return seen
+
+
+def _replace(block: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, attr = name.rpartition(".")
+    setattr(block.get_submodule(parent_name) if parent_name else block, attr, new)
+
+
+def _quantize_linear(lin: nn.Linear, x: Tensor | None, w: Tensor | None, cfg: CalibConfig
+                     ) -> tuple[QuantLinear, dict]:
+    """One linear: RTN, or weighted GPTQ on its quantized-path inputs x (..., K)."""
+    K = lin.in_features
+    R = None if cfg.rotation is None else make_rotation(K, cfg.rotation, cfg.rotation_seed)
+    if cfg.solver == "rtn":
+        return QuantLinear.from_linear(lin, cfg.w_spec, cfg.a_spec, rotation=R), {}
+    W = lin.weight.detach().to(torch.float32)  # (N, K)
+    xr = x.to(torch.float32).reshape(-1, K)  # (T, K)
+    if R is not None:
+        W = W @ R  # the weight in the rotated basis: x Wᵀ = (x R)(W R)ᵀ
+        xr = xr @ R
+    if cfg.a_spec is not None:
+        xr = fake_quantize(xr, cfg.a_spec, name="layer input")  # what the QuantLinear sees
+    H = HessianAccumulator(K).add(xr, None if w is None else w.reshape(-1)).H
+    res = gptq_quantize(W, H, cfg.w_spec, blocksize=cfg.blocksize, percdamp=cfg.percdamp,
+                        act_order=cfg.act_order)
+    bias = None if lin.bias is None else lin.bias.detach()
+    ql = QuantLinear.from_quantized(res.q, res.scale, res.zero, cfg.w_spec, cfg.a_spec,
+                                    bias=bias, rotation=R)
+    return ql, {"damp": res.damp, "fell_back_to_rtn": res.fell_back_to_rtn}
+
+
+def _weighted_mse(Y: Tensor, Yq: Tensor, w: Tensor | None) -> float:
+    err = (Y.float() - Yq.float()).square().sum(-1)  # (B, L)
+    if w is None:
+        return float(err.mean())
+    return float((w * err).sum() / w.sum())
+
+
+@torch.no_grad()
+def quantize_model(model, states: Tensor | None = None, weights: Tensor | None = None,
+                   attention_mask: Tensor | None = None, config: CalibConfig = CalibConfig(),
+                   progress: Callable[[str], None] | None = None) -> CalibReport:
+    """Quantize every linear inside ``model.blocks`` in place (SPEC §4.2).
+
+    ``states``: (B, L) token ids of the calibration states (teacher states x_t for the
+    masked methods, plain text for GPTQ); required unless ``config.solver == "rtn"``.
+    ``weights``: (B, L) non-negative per hidden-state row, or None for w ≡ 1.
+    ``attention_mask``: (B, L) bool, True for real tokens; padded rows get weight 0.
+    ``progress``: called with a one-line message after each block.
+    """
+    if config.solver == "gptq" and states is None:
+        raise ValueError("states is required for solver='gptq' (calibration data); "
+                         "use solver='rtn' for data-free quantization")
+    w = weights
+    if states is not None:
+        if states.ndim != 2:
+            raise ValueError(f"states must be (B, L) token ids, got shape {tuple(states.shape)}")
+        if w is not None:
+            if tuple(w.shape) != tuple(states.shape):
+                raise ValueError(f"weights must have the shape of states {tuple(states.shape)}, "
+                                 f"got {tuple(w.shape)}")
+            if not torch.isfinite(w).all() or (w < 0).any():
+                raise ValueError("weights must be finite and non-negative")
+            w = w.to(torch.float64)
+        if attention_mask is not None:
+            m = attention_mask.to(torch.float64)
+            w = m if w is None else w * m
+    report = CalibReport()
+    groups = [list(g) for g in model.linear_groups()]
+    h_fp = h_q = None
+    if states is not None:
+        h_fp = model.embed(states)  # (B, L, d) teacher path
+        h_q = h_fp.clone()  # (B, L, d) quantized path
+    for l, block in enumerate(model.blocks):
+        Y = None if h_fp is None else model.run_block(l, h_fp, attention_mask)  # target Y^ℓ
+        for group in groups:
+            xs = {}
+            if config.solver == "gptq":
+                xs = _capture_inputs(block, group,
+                                     lambda: model.run_block(l, h_q, attention_mask))
+            for name in group:
+                ql, info = _quantize_linear(block.get_submodule(name), xs.get(name), w, config)
+                _replace(block, name, ql.to(next(block.parameters()).device))
+                if info:
+                    report.solver_info[f"blocks.{l}.{name}"] = info
+        if h_q is not None:
+            h_q = model.run_block(l, h_q, attention_mask)  # X^{ℓ+1} on the quantized path
+            report.block_loss.append(_weighted_mse(Y, h_q, w))
+            h_fp = Y
+        if progress is not None:
+            loss = f", L_ℓ = {report.block_loss[-1]:.4g}" if report.block_loss else ""
+            progress(f"block {l + 1}/{len(model.blocks)} quantized ({config.solver}){loss}")
+    return report
