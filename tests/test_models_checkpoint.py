@@ -229,3 +229,17 @@ def test_save_into_an_empty_existing_directory_is_allowed(tmp_path):
     model = random_model(config_from_dict(tiny_raw("dream")), seed=7)
     (tmp_path / "empty").mkdir()
     assert torch.equal(load(save(model, tmp_path / "empty")).logits(X), model.logits(X))
+
+
+def test_llada_8b_preset_has_the_public_index_names_and_size():
+    """Built on meta (no memory): the names are exactly those of the real 8B index and the
+    bfloat16 byte count equals its total_size, which pins the product of every shape."""
+    from fairref.models import LLaDAConfig, build
+
+    facts = json.loads((DATA / "llada-8b-instruct.index-facts.json").read_text())
+    model = build(LLaDAConfig(), device="meta")
+    sd = model.state_dict()
+    names = set(facts["top_level"]) | {f"model.transformer.blocks.{i}.{leaf}"
+                                       for i in range(32) for leaf in facts["per_block"]}
+    assert len(names) == facts["n_tensors"] and set(sd) == names
+    assert sum(t.numel() * 2 for t in sd.values()) == facts["total_size"]
