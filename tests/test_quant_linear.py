@@ -1,0 +1,181 @@
+"""QuantLinear (fairref/quant/linear.py): its two paths and the SPEC §1 bound between them.
+
+Legend: T tokens, K in_features, N out_features, g group size, G = K/g.
+"""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from torch import nn
+
+from fairref.quant.grid import QuantSpec, dequantize, fake_quantize, quantize
+from fairref.quant.int4 import int4_matmul
+from fairref.quant.linear import QuantLinear, quantize_linears
+from fairref.quant.rotation import rotation
+
+U = 2.0**-24
+
+
+def gamma(n: int) -> float:
+    """γ_n = n·u / (1 − n·u): the relative error bound of n float32 roundings."""
+    return n * U / (1 - n * U)
+
+
+@st.composite
+def layer_case(draw, grouped: bool):
+    """A float linear (N, K) with bias off, an input (T, K) with a zero token and an outlier."""
+    T, N = draw(st.integers(1, 6)), draw(st.integers(1, 6))
+    g = draw(st.sampled_from([2, 4, 8])) if grouped else None
+    K = g * draw(st.integers(1, 6)) if grouped else draw(st.integers(1, 48))
+    vals = st.floats(-100, 100, width=32)
+    x = draw(hnp.arrays(np.float32, (T, K), elements=vals))
+    W = draw(hnp.arrays(np.float32, (N, K), elements=vals))
+    if draw(st.booleans()):
+        x[0] = 0.0  # an all-zero token: s_a = 1, q_a = 0
+    if draw(st.booleans()):
+        x[:, draw(st.integers(0, K - 1))] *= 1e3  # an outlier feature
+    bits_w, bits_a = draw(st.integers(2, 8)), draw(st.integers(2, 8))
+    w_spec = QuantSpec(bits=bits_w, granularity="group" if grouped else "channel", group_size=g,
+                       scale_mode=draw(st.sampled_from(["restricted", "full"])))
+    a_spec = QuantSpec(bits=bits_a, granularity="token", clip=draw(st.sampled_from([1.0, 0.8])))
+    lin = nn.Linear(K, N, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(torch.from_numpy(W))
+    return lin, torch.from_numpy(x), w_spec, a_spec
+
+
+def _fake_vs_int_bound(ql: QuantLinear, x: torch.Tensor) -> np.ndarray:
+    """Σ over groups of s_a·s_w,g·(γ_{G+1}|acc_g| + γ_{K+2}·Σ_{k∈g}|q_a,k·q_w,k|).
+
+    Derivation (per channel, G = 1; SPEC §1): int path = fl(fl(acc·s_a)·s_w) =
+    acc·s_a·s_w(1+δ₁)(1+δ₂), off by ≤ γ₂·s_a·s_w·|acc| from exact. Fake path: â_k = q_a,k·s_a(1+α_k),
+    ŵ_k = q_w,k·s_w(1+β_k), and a float32 dot product of K terms in any order (BLAS) gives
+    Σ â_k ŵ_k(1+θ_k) with |θ_k| ≤ γ_K, so it is off by ≤ γ_{K+2}·s_a·s_w·Σ|q_a,k·q_w,k|.
+    The triangle inequality gives the bound. Per group the int path also sums G terms in
+    float32 (G−1 more roundings on each term), hence γ_{G+1} in place of γ₂ — SPEC §1's
+    "sum the per-group terms" with γ₂ would miss those roundings.
+    """
+    q_a, s_a, _ = quantize(x, ql.a_spec)
+    qa = q_a.numpy().astype(np.int64)  # (T, K)
+    qw = ql.q_w.numpy().astype(np.int64)  # (N, K)
+    sa = s_a.numpy().astype(np.float64)  # (T, 1)
+    sw = ql.s_w.numpy().astype(np.float64)  # (N, G)
+    G = sw.shape[1]
+    g = qa.shape[1] // G
+    K = qa.shape[1]
+    bound = np.zeros((qa.shape[0], qw.shape[0]))
+    for gi in range(G):
+        a_g, w_g = qa[:, gi * g:(gi + 1) * g], qw[:, gi * g:(gi + 1) * g]
+        acc = np.abs(a_g @ w_g.T)
+        abs_sum = np.abs(a_g) @ np.abs(w_g).T
+        bound += sa * sw[:, gi][None, :] * (gamma(G + 1) * acc + gamma(K + 2) * abs_sum)
+    return bound
+
+
+@given(layer_case(grouped=False))
+def test_fake_path_within_float32_bound_of_int_path_per_channel(case):
+    lin, x, w_spec, a_spec = case
+    ql = QuantLinear.from_linear(lin, w_spec, a_spec)
+    diff = (ql(x, path="int").double() - ql(x, path="fake").double()).abs().numpy()
+    assert (diff <= _fake_vs_int_bound(ql, x)).all()
+
+
+@given(layer_case(grouped=True))
+def test_fake_path_within_float32_bound_of_int_path_per_group(case):
+    lin, x, w_spec, a_spec = case
+    ql = QuantLinear.from_linear(lin, w_spec, a_spec)
+    diff = (ql(x, path="int").double() - ql(x, path="fake").double()).abs().numpy()
+    assert (diff <= _fake_vs_int_bound(ql, x)).all()
+
+
+@given(st.one_of(layer_case(grouped=False), layer_case(grouped=True)), st.booleans())
+def test_int_path_equals_int4_matmul_on_same_operands_bit_for_bit(case, with_bias):
+    """forward(path="int") is exactly int4_matmul(q_a, s_a, q_w, s_w) (+ bias, one add)."""
+    lin, x, w_spec, a_spec = case
+    bias = torch.linspace(-3, 3, lin.out_features) if with_bias else None
+    W = lin.weight.detach()
+    q_w, s_w, z_w = quantize(W, w_spec)
+    ql = QuantLinear.from_quantized(q_w, s_w, z_w, w_spec, a_spec, bias=bias)
+    q_a, s_a, _ = quantize(x, a_spec)
+    ref = int4_matmul(q_a, s_a, q_w, s_w, group_size=w_spec.group_size, bits_a=a_spec.bits,
+                      bits_w=w_spec.bits)
+    if bias is not None:
+        ref = ref + bias
+    assert torch.equal(ql(x, path="int").view(torch.int32), ref.view(torch.int32))
+
+
+@given(layer_case(grouped=False), st.sampled_from(["hadamard", "random"]))
+def test_rotated_layer_quantizes_x_R_and_W_R(case, kind):
+    """Fake path with R is F.linear(fake_quant_a(x R), dequant(Q_w(W R))) computed by hand."""
+    lin, x, w_spec, a_spec = case
+    K = lin.in_features
+    R = rotation(K, kind, seed=3)
+    ql = QuantLinear.from_linear(lin, w_spec, a_spec, rotation=R)
+    q, s, z = quantize(lin.weight.detach() @ R, w_spec)
+    ref = torch.nn.functional.linear(fake_quantize(x @ R, a_spec), dequantize(q, s, z, w_spec))
+    assert torch.equal(ql.q_w, q) and torch.equal(ql(x), ref)
+
+
+def test_hadamard_rotation_lowers_w4a4_error_with_an_outlier_feature():
+    """With one outlier input feature, Hadamard W4A4 output error is below plain W4A4 error
+    (the purpose of rotation, SPEC §1). Seeded, K = 64."""
+    g = torch.Generator().manual_seed(0)
+    lin = nn.Linear(64, 32, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(32, 64, generator=g))
+    x = torch.randn(256, 64, generator=g)
+    x[:, 5] *= 50.0  # one outlier feature
+    y = lin(x).detach()
+    w4, a4 = QuantSpec(bits=4), QuantSpec(bits=4, granularity="token")
+    err_plain = (QuantLinear.from_linear(lin, w4, a4)(x) - y).square().mean()
+    err_rot = (QuantLinear.from_linear(lin, w4, a4, rotation=rotation(64))(x) - y).square().mean()
+    assert err_rot < err_plain
+
+
+def test_weight_only_layer_uses_float_activations():
+    lin = nn.Linear(16, 4)
+    ql = QuantLinear.from_linear(lin, QuantSpec(bits=8), None)
+    x = torch.randn(3, 16)
+    ref = torch.nn.functional.linear(x, dequantize(ql.q_w, ql.s_w, None, ql.w_spec), lin.bias)
+    assert torch.equal(ql(x), ref)
+    with pytest.raises(ValueError, match="needs a_spec"):
+        ql(x, path="int")
+
+
+def test_leading_batch_dims_are_kept():
+    ql = QuantLinear.from_linear(nn.Linear(8, 5), QuantSpec(), QuantSpec(granularity="token"))
+    x = torch.randn(2, 3, 8)
+    for path in ("fake", "int"):
+        y = ql(x, path=path)
+        assert y.shape == (2, 3, 5)
+        assert torch.equal(y[1], ql(x[1], path=path))  # per-token: rows are independent
+
+
+def test_quantize_linears_replaces_only_named_linears():
+    m = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Sequential(nn.Linear(8, 4), nn.Linear(4, 4)))
+    before = m[2][1]
+    quantize_linears(m, ["0", "2.0"], QuantSpec(), QuantSpec(granularity="token"), "hadamard")
+    assert isinstance(m[0], QuantLinear) and isinstance(m[2][0], QuantLinear)
+    assert m[2][1] is before and m[0].R is not None
+    assert m(torch.randn(2, 8)).shape == (2, 4)
+
+
+def test_quantize_linears_rejects_non_linear_name():
+    m = nn.Sequential(nn.Linear(8, 8), nn.ReLU())
+    with pytest.raises(ValueError, match="'1' is a ReLU"):
+        quantize_linears(m, ["1"], QuantSpec(), None)
+
+
+def test_from_quantized_rejects_wrong_scale_shape():
+    with pytest.raises(ValueError, match=r"scale must have shape \(4, 2\)"):
+        QuantLinear.from_quantized(torch.zeros(4, 8, dtype=torch.int32), torch.ones(4, 1), None,
+                                   QuantSpec(granularity="group", group_size=4), None)
+
+
+def test_unknown_path_raises():
+    ql = QuantLinear.from_linear(nn.Linear(4, 2), QuantSpec(), QuantSpec(granularity="token"))
+    with pytest.raises(ValueError, match="path must be 'fake' or 'int'"):
+        ql(torch.randn(1, 4), path="fast")

@@ -1,0 +1,95 @@
+"""Rotations of SPEC §1 (fairref/quant/rotation.py): orthogonality, invariance, oracles.
+
+Tolerances are derived from the float32 rounding of the entries (u = 2^-24):
+R = Q + E with Q exactly orthogonal (Hadamard) or orthogonal to float64 precision (QR),
+|E_ij| ≤ u·|Q_ij|. Then |(RᵀR − I)_ij| ≤ 2u·Σ_k |Q_ki||Q_kj| + u² ≤ 2u + u² (Cauchy–Schwarz
+on unit columns), plus the float64 QR residual (≤ 1e-12 for n ≤ 128).
+Legend: n = K the rotated dimension, T tokens, N outputs.
+"""
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from fairref.quant.rotation import hadamard, largest_pow2_divisor, random_orthogonal, rotation
+
+U = 2.0**-24
+ORTHO_TOL = 2 * U + U * U + 1e-12  # see the module docstring
+
+
+def _gram_err(R: torch.Tensor) -> np.ndarray:
+    R64 = R.numpy().astype(np.float64)  # exact copy of the float32 entries
+    return np.abs(R64.T @ R64 - np.eye(R.shape[0]))
+
+
+@pytest.mark.parametrize("n", [1, 2, 4, 8, 16, 64, 128, 1024])
+def test_hadamard_equals_scipy_sylvester_over_sqrt_n(n):
+    """Powers of two: exactly scipy.linalg.hadamard(n) / √n, rounded once to float32."""
+    oracle = (scipy.linalg.hadamard(n).astype(np.float64) / np.sqrt(n)).astype(np.float32)
+    np.testing.assert_array_equal(hadamard(n).numpy(), oracle)
+
+
+@pytest.mark.parametrize("n", [3, 6, 12, 20, 24, 40, 96, 100])
+def test_hadamard_non_power_of_two_is_block_diagonal_of_largest_pow2_block(n):
+    m = n & -n  # largest power of two dividing n, computed independently of the library
+    block = scipy.linalg.hadamard(m).astype(np.float64) / np.sqrt(m)
+    oracle = scipy.linalg.block_diag(*([block] * (n // m))).astype(np.float32)
+    assert largest_pow2_divisor(n) == m
+    np.testing.assert_array_equal(hadamard(n).numpy(), oracle)
+
+
+@given(st.integers(1, 128))
+def test_hadamard_is_orthogonal(n):
+    """Off-diagonal of HᵀH is exactly 0 (±c² pairs cancel); the diagonal is m·fl(1/√m)²."""
+    err = _gram_err(hadamard(n))
+    assert (err <= ORTHO_TOL).all()
+    assert (err[~np.eye(n, dtype=bool)] == 0).all()
+
+
+@given(st.integers(1, 64), st.integers(0, 2**31 - 1))
+def test_random_rotation_is_orthogonal(n, seed):
+    assert (_gram_err(random_orthogonal(n, seed)) <= ORTHO_TOL).all()
+
+
+@given(st.integers(1, 32), st.integers(0, 1000))
+def test_random_rotation_is_seeded_and_sign_fixed(n, seed):
+    """Same seed → same matrix; Qᵀ·Z is upper triangular with a positive diagonal, i.e. the
+    columns' signs were fixed so that diag(R_qr) > 0 for the seeded float64 Gaussian Z."""
+    Q = random_orthogonal(n, seed)
+    assert torch.equal(Q, random_orthogonal(n, seed))
+    Z = torch.randn(n, n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    Rqr = Q.to(torch.float64).T @ Z  # (n, n) ≈ the triangular factor
+    # Below the diagonal only Q's float32 rounding E (|E| ≤ u|Q|) is left:
+    # |(EᵀZ)_ij| ≤ u·‖Q_:,i‖₂·‖Z_:,j‖₂ ≤ u·√n·max|Z| (plus float64 QR residue ≤ 1e-12).
+    tol = U * n**0.5 * float(Z.abs().max()) + 1e-12
+    assert (torch.diagonal(Rqr) > 0).all()
+    assert float(torch.tril(Rqr, -1).abs().max()) <= tol
+
+
+@given(st.integers(1, 64), st.sampled_from(["hadamard", "random"]), st.integers(0, 99),
+       st.integers(1, 5), st.integers(1, 5))
+def test_rotation_leaves_linear_output_invariant(n, kind, seed, T, N):
+    """x Wᵀ = (x R)(W R)ᵀ up to R's rounding: |x (R Rᵀ − I) wᵀ| ≤ ‖x‖·‖w‖·‖R Rᵀ − I‖₂ and
+    ‖R Rᵀ − I‖₂ ≤ n·max|R Rᵀ − I|_ij ≤ n·ORTHO_TOL (products done in float64, whose own
+    rounding adds ≤ 1e-12 relative here)."""
+    g = torch.Generator().manual_seed(seed + 1)
+    x = torch.randn(T, n, generator=g, dtype=torch.float64)
+    W = torch.randn(N, n, generator=g, dtype=torch.float64) * 10
+    R = rotation(n, kind, seed).to(torch.float64)
+    lhs, rhs = x @ W.T, (x @ R) @ (W @ R).T
+    bound = torch.linalg.norm(x, dim=1)[:, None] * torch.linalg.norm(W, dim=1)[None, :]
+    assert ((lhs - rhs).abs() <= bound * (n * ORTHO_TOL + 1e-12)).all()
+
+
+@pytest.mark.parametrize("n", [0, -4, 2.0])
+def test_bad_dimension_raises(n):
+    with pytest.raises(ValueError, match="n must be a positive integer"):
+        hadamard(n)
+
+
+def test_unknown_kind_raises():
+    with pytest.raises(ValueError, match="kind must be 'hadamard' or 'random'"):
+        rotation(8, "givens")
