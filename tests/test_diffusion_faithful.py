@@ -197,12 +197,12 @@ def llada_settings(draw):
 
 
 @given(llada_settings(), st.integers(1, 3), st.integers(1, 4), st.integers(0, 2**31 - 1),
-       st.booleans())
-def test_llada_matches_the_public_loop_token_for_token(cfg, B, P, seed, tied):
+       st.booleans(), st.sampled_from([0.3, 3.0]))
+def test_llada_matches_the_public_loop_token_for_token(cfg, B, P, seed, tied, scale):
     """Same model, settings and seed → the same tokens as the public loop, including at
     temperature > 0 (the generator yields the draws the global RNG would) and when all
     confidences tie (``tied``: top-k tie-breaking must be the public one)."""
-    model = RandomLM(seed % 1000, tied=tied)
+    model = RandomLM(seed % 1000, tied=tied, scale=scale)
     prompt = torch.randint(0, MASK, (B, P), generator=torch.Generator().manual_seed(seed))
     want = public_llada(model, prompt, seed=seed, **cfg)
     got = llada_generate(model, prompt, generator=torch.Generator().manual_seed(seed), **cfg)
@@ -213,12 +213,15 @@ def test_llada_matches_the_public_loop_token_for_token(cfg, B, P, seed, tied):
        st.integers(1, 12), st.integers(1, 10), st.integers(1, 3), st.integers(1, 4),
        st.sampled_from([0.0, 0.0, 0.5, 1.0]), st.sampled_from([None, 0.0, 0.3]),
        st.sampled_from([None, 0.9, 0.5, 1.0]), st.sampled_from([None, 1, 3]),
-       st.sampled_from([1e-3, 0.3]), st.integers(0, 2**31 - 1), st.booleans())
+       st.sampled_from([1e-3, 0.3]), st.integers(0, 2**31 - 1), st.booleans(),
+       st.sampled_from([0.3, 3.0]))
 def test_dream_matches_the_public_loop_token_for_token(alg, steps, G, B, P, temperature,
-                                                       alg_temp, top_p, top_k, eps, seed, tied):
+                                                       alg_temp, top_p, top_k, eps, seed, tied,
+                                                       scale):
     """Same model, settings and seed → the same tokens as the public Dream loop for every
-    alg, with alg_temp sampling, top-p / top-k filtering and temperature > 0."""
-    model = RandomLM(seed % 1000, tied=tied)
+    alg, with alg_temp sampling, top-p / top-k filtering and temperature > 0. A flat model
+    (scale 0.3) makes top-p keep several tokens; a peaked one (3.0) keeps one."""
+    model = RandomLM(seed % 1000, tied=tied, scale=scale)
     prompt = torch.randint(0, MASK, (B, P), generator=torch.Generator().manual_seed(seed))
     kw = dict(alg=alg, alg_temp=alg_temp, eps=eps, temperature=temperature, top_p=top_p,
               top_k=top_k)
