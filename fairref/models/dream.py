@@ -138,6 +138,11 @@ class DreamModel(nn.Module):
         """(B, L, d) → (B, L, V), *unshifted*: row i predicts token i+1."""
         return self.lm_head(self.model.norm(h))
 
+    def final_norm_and_head(self) -> tuple[nn.Module, nn.Linear]:
+        """The final RMSNorm (``.weight`` g, ``.eps`` ε) and the LM head W: ``head(h) =
+        W · RMSNorm_g(h)``, the map the T2/T3 bounds lift through (SPEC §6)."""
+        return self.model.norm, self.lm_head
+
     def forward_hidden(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> list[Tensor]:
         """The N+1 hidden states: those entering layers 0..N-1, then the last layer's output."""
         if input_ids.dim() != 2 or input_ids.dtype not in (torch.int64, torch.int32):

@@ -116,6 +116,11 @@ class LLaDAModel(nn.Module):
         t = self.model.transformer
         return t.ff_out(t.ln_f(h))
 
+    def final_norm_and_head(self) -> tuple[nn.Module, nn.Linear]:
+        """The final RMSNorm (``.weight`` g, ``.eps`` ε) and the LM head W: ``head(h) =
+        W · RMSNorm_g(h)``, the map the T2/T3 bounds lift through (SPEC §6)."""
+        return self.model.transformer.ln_f, self.model.transformer.ff_out
+
     def forward_hidden(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> list[Tensor]:
         """The N+1 hidden states: those entering blocks 0..N-1, then the last block's output."""
         _check_ids(input_ids)
