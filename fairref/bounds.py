@@ -317,8 +317,10 @@ def set_flip_bound(
     k = torch.as_tensor(k).expand(c.shape[:-1]).to(torch.int64)
     if (k < 0).any() or (k > n_cand).any():
         raise ValueError("k must lie in [0, number of candidates] at every step")
-    if kl.shape != c.shape or (kl < 0).any():
-        raise ValueError(f"kl must be ≥ 0 with shape {tuple(c.shape)}, got {tuple(kl.shape)}")
+    if kl.shape != c.shape:
+        raise ValueError(f"kl must have the shape of conf_teacher {tuple(c.shape)}, got {tuple(kl.shape)}")
+    # A measured KL can be −1e-17 from rounding (p = q): count it as 0.
+    kl = kl.clamp(min=0.0)
     srt = torch.sort(c, dim=-1, descending=True).values  # (..., C)
     C = c.shape[-1]
     kk = k.clamp(1, max(C - 1, 1)).unsqueeze(-1)  # (..., 1) safe gather index
