@@ -16,7 +16,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-import fairref.diffusion.trace as trace_mod
+import fairref.diffusion.sampler as sampler_mod
 from fairref.diffusion import Trace, dream_generate, llada_generate
 
 V, MASK = 10, 9
@@ -74,7 +74,8 @@ def runs(draw):
     else:
         kw = dict(steps=draw(st.integers(1, 12)), max_new_tokens=draw(st.integers(1, 10)),
                   alg=draw(st.sampled_from(ALGS)), temperature=draw(st.sampled_from([0.0, 0.8])),
-                  alg_temp=draw(st.sampled_from([None, 0.5])), top_p=draw(st.sampled_from([None, 0.9])))
+                  alg_temp=draw(st.sampled_from([None, 0.5])),
+                  top_p=draw(st.sampled_from([None, 0.9])))
         fn = dream_generate
     return fn, ContextLM(seed), prompt, dict(kw, attention_mask=mask), seed
 
@@ -153,7 +154,7 @@ def test_second_pass_p_y_equals_the_kept_log_probs(monkeypatch):
     kw = dict(steps=8, gen_length=8, block_length=4, cfg_scale=1.0, record=True)
     _, kept = llada_generate(model, prompt, **kw)
     _, kept_d = dream_generate(model, prompt, 6, 8, record=True)
-    monkeypatch.setattr(trace_mod, "LOGPROB_BUDGET_BYTES", 0)
+    monkeypatch.setattr(sampler_mod, "LOGPROB_BUDGET_BYTES", 0)
     _, second = llada_generate(model, prompt, **kw)
     _, second_d = dream_generate(model, prompt, 6, 8, record=True)
     assert _same(kept.p_y, second.p_y) and _same(kept_d.p_y, second_d.p_y)

@@ -33,9 +33,13 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution, constraints
 
-from fairref.diffusion.sampler import check_positive_int, generator_seed, init_state
+from fairref.diffusion.sampler import (
+    TraceRecorder,
+    check_positive_int,
+    generator_seed,
+    init_state,
+)
 from fairref.diffusion.schedule import dream_timesteps, dream_transfer_count
-from fairref.diffusion.trace import TraceRecorder
 
 ALGS = ("origin", "maskgit_plus", "topk_margin", "entropy")
 
@@ -139,7 +143,7 @@ def dream_generate(model, prompt_ids: Tensor, steps: int, max_new_tokens: int,
     x, attn = init_state(prompt_ids, max_new_tokens, mask_id, attention_mask)  # (B, L)
     B, L = x.shape
     P = L - max_new_tokens
-    ts = dream_timesteps(steps, eps)  # (T + 1,) float32
+    ts = dream_timesteps(steps, eps, x.device)  # (T + 1,) float32
     A = torch.zeros_like(x, dtype=torch.bool)
     A[:, P:] = True  # (B, L): the whole generation region is active
     rec = TraceRecorder(steps) if record else None

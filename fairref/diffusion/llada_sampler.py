@@ -25,9 +25,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from fairref.diffusion.sampler import check_positive_int, generator_seed, init_state
+from fairref.diffusion.sampler import (
+    TraceRecorder,
+    check_positive_int,
+    generator_seed,
+    init_state,
+)
 from fairref.diffusion.schedule import llada_transfer_counts
-from fairref.diffusion.trace import Trace, TraceRecorder
 
 REMASKING = ("low_confidence", "random")
 

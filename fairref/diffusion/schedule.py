@@ -40,18 +40,19 @@ def llada_transfer_counts(mask_count: Tensor, steps: int) -> Tensor:
     return base[:, None] + (i[None, :] < remainder[:, None]).to(torch.int64)  # (B, T)
 
 
-def dream_timesteps(steps: int, eps: float) -> Tensor:
+def dream_timesteps(steps: int, eps: float, device: torch.device | str | None = None) -> Tensor:
     """Dream's time grid: float32 ``linspace(1, eps, steps + 1)`` → (steps + 1,).
 
     float32 on purpose: the public loop builds it with the default dtype, and the commit
     count ``int(n̄ · (1 − s/t))`` is sensitive to the last bit where ``n̄ · (1 − s/t)`` is
-    close to an integer.
+    close to an integer. For the same reason it is built on the device of the run, as the
+    public loop does (a CUDA linspace need not round like the CPU one).
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     if not 0.0 < eps < 1.0:
         raise ValueError(f"eps must lie in (0, 1), got {eps}; the public default is 1e-3")
-    return torch.linspace(1, eps, steps + 1, dtype=torch.float32)
+    return torch.linspace(1, eps, steps + 1, dtype=torch.float32, device=device)
 
 
 def dream_transfer_count(n_masked_mean, t, s, last: bool) -> int:

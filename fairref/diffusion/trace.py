@@ -18,11 +18,13 @@ Conventions (documented once here, relied on everywhere):
 - ``k`` is −1 where the sampler has no commit count (Dream ``origin``).
 - ``cand`` is the candidate token x̂ at masked positions and ``x_t`` elsewhere.
 - ``p_y`` is NaN where the position is not masked. Design: y is known only after the
-  run, so the recorder keeps each step's log-probabilities (B, L, V) while their total
-  size stays below ``LOGPROB_BUDGET_BYTES`` (toy vocabularies), and otherwise re-runs the
-  teacher on the recorded states after the run (a second pass, same inputs; real
-  vocabularies). Either way nothing is recorded that changes the sampler's arithmetic or
-  consumes random numbers.
+  run, so the recorder (``sampler.TraceRecorder``) stores each step's float64
+  log-normalizer ``lse_t`` (B, L) and keeps the step's logits (B, L, V) while their total
+  size stays below ``LOGPROB_BUDGET_BYTES`` (toy vocabularies); otherwise it re-runs the
+  teacher on the recorded states after the run (a second pass with the same inputs: real
+  vocabularies). Then ``p_y = exp(z_t[y] − lse_t)``. Either way nothing is recorded that
+  changes the sampler's arithmetic or consumes random numbers.
+- All trace tensors live on the CPU, whatever device the run used.
 
 File format: :meth:`Trace.to_json` writes one JSON file; each tensor is stored with its
 dtype and shape and its values as a flat list (float64 values written by Python's repr,
@@ -36,15 +38,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field, fields
-from typing import Callable
-
 import torch
 from torch import Tensor
 
-#: keep per-step log-probs in memory for p_y below this size; above it, do a second pass
-LOGPROB_BUDGET_BYTES = 256 * 2**20
-
-_STEP_FIELDS = ("x", "masked", "active", "k", "committed", "cand",
+STEP_FIELDS = ("x", "masked", "active", "k", "committed", "cand",
                 "p1", "p2", "z1", "z2", "conf", "p_y")
 _DTYPES = {"int64": torch.int64, "bool": torch.bool,
            "float32": torch.float32, "float64": torch.float64}
@@ -92,10 +89,11 @@ class Trace:
         P = self.prompt_len
         if L != P + self.gen_length:
             raise ValueError(f"L={L} != prompt_len + gen_length = {P + self.gen_length}")
-        for name in _STEP_FIELDS:
+        for name in STEP_FIELDS:
             want = (T, B) if name == "k" else (T, B, L)
-            if tuple(getattr(self, name).shape) != want:
-                raise ValueError(f"{name} has shape {tuple(getattr(self, name).shape)}, want {want}")
+            got = tuple(getattr(self, name).shape)
+            if got != want:
+                raise ValueError(f"{name} has shape {got}, want {want}")
         F = self.committed
         if not torch.equal(self.masked, self.x == self.mask_token_id):
             raise ValueError("masked differs from (x == mask_token_id)")
@@ -113,9 +111,7 @@ class Trace:
             raise ValueError("x_{t+1} is not x_t with F_t filled (a token changed)")
         if not torch.equal(x_next[-1], self.y):
             raise ValueError("y is not the last state with its frontier filled")
-        t = torch.arange(T).view(T, 1, 1)
-        tau = torch.where(F, t, -1).amax(0)  # (B, L)
-        if not torch.equal(tau, self.tau):
+        if not torch.equal(commit_steps(F), self.tau):
             raise ValueError("tau differs from the step at which each position was committed")
         return self
 
@@ -148,70 +144,9 @@ class Trace:
                    mask_token_id=meta["mask_token_id"], settings=meta["settings"], **kw)
 
 
-def topk2_stats(logits: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Top-1/top-2 probabilities and logits of softmax(logits): (B, L, V) → 4 × (B, L).
 
-    Computed in float64 (the margin z1 − z2 of near-tied logits must not round to 0)."""
-    z = logits.to(torch.float64)  # (B, L, V)
-    z12 = torch.topk(z, 2, dim=-1).values  # (B, L, 2)
-    lse = torch.logsumexp(z, dim=-1, keepdim=True)  # (B, L, 1)
-    p12 = torch.exp(z12 - lse)  # (B, L, 2)
-    f = torch.float32
-    return p12[..., 0].to(f), p12[..., 1].to(f), z12[..., 0].to(f), z12[..., 1].to(f)
-
-
-class TraceRecorder:
-    """Accumulates a :class:`Trace` step by step; the samplers own one when ``record=True``.
-
-    It only reads the sampler's tensors (no RNG, no in-place writes), so recording cannot
-    change the tokens.
-    """
-
-    def __init__(self, steps: int):
-        self.steps = steps  # T, known up front: sizes the p_y budget
-        self.rows: dict[str, list[Tensor]] = {name: [] for name in _STEP_FIELDS if name != "p_y"}
-        self.keep_logprobs: bool | None = None  # decided at the first step, once V is known
-        self.logprobs: list[Tensor] = []
-
-    def step(self, x: Tensor, active: Tensor, k: Tensor, committed: Tensor,
-             cand: Tensor, logits: Tensor, conf: Tensor | None, mask_token_id: int) -> None:
-        """Record one step. ``x`` is the state *before* the commit; ``logits`` (B, L, V) the
-        teacher logits of this step; ``conf`` (B, L) the sampler score (None: no score)."""
-        if logits.shape[-1] < 2:
-            raise ValueError("recording needs a vocabulary of at least 2 tokens (top-2 stats)")
-        if self.keep_logprobs is None:
-            # p_y design (module docstring): keep float64 log-probs if they fit, else 2nd pass
-            self.keep_logprobs = self.steps * logits.numel() * 8 <= LOGPROB_BUDGET_BYTES
-        M = x == mask_token_id  # (B, L)
-        nan = torch.tensor(float("nan"), dtype=torch.float64)
-        conf64 = nan.expand(M.shape) if conf is None else conf.to(torch.float64)
-        p1, p2, z1, z2 = topk2_stats(logits)
-        for name, v in (("x", x), ("masked", M), ("active", active), ("k", k),
-                        ("committed", committed), ("cand", torch.where(M, cand, x)),
-                        ("p1", p1), ("p2", p2), ("z1", z1), ("z2", z2),
-                        ("conf", torch.where(M, conf64, nan))):
-            self.rows[name].append(v.detach().clone())
-        if self.keep_logprobs:
-            self.logprobs.append(torch.log_softmax(logits.to(torch.float64), -1))  # (B, L, V)
-
-    def finish(self, y: Tensor, prompt_len: int, mask_token_id: int, settings: dict,
-               attention_mask: Tensor | None,
-               teacher_logits: Callable[[Tensor], Tensor]) -> Trace:
-        """Stack the steps, derive ``tau`` and ``p_y`` and return the :class:`Trace`.
-
-        ``teacher_logits(x_t)`` recomputes the step's teacher logits; it is called only
-        when the log-probs did not fit the budget (the second pass)."""
-        st = {name: torch.stack(v) for name, v in self.rows.items()}  # each (T, B, ...)
-        T = st["x"].shape[0]
-        t = torch.arange(T).view(T, 1, 1)
-        tau = torch.where(st["committed"], t, -1).amax(0)  # (B, L)
-        p_y = torch.full(st["x"].shape, float("nan"), dtype=torch.float32)  # (T, B, L)
-        for i in range(T):
-            logp = self.logprobs[i] if self.keep_logprobs else torch.log_softmax(
-                teacher_logits(st["x"][i]).to(torch.float64), -1)  # (B, L, V) float64
-            logp_y = torch.gather(logp, -1, y.unsqueeze(-1)).squeeze(-1)  # (B, L)
-            p_y[i] = torch.where(st["masked"][i], logp_y.exp().to(torch.float32), p_y[i])
-        L = y.shape[1]
-        return Trace(**st, p_y=p_y, tau=tau, y=y.clone(), prompt_len=prompt_len,
-                     gen_length=L - prompt_len, mask_token_id=mask_token_id,
-                     settings=settings, attention_mask=attention_mask)
+def commit_steps(F: Tensor) -> Tensor:
+    """tau from the frontiers: the last step t with F_t[b, i] set, −1 if none.
+    ``F``: (T, B, L) bool → (B, L) int64."""
+    t = torch.arange(F.shape[0], device=F.device).view(-1, 1, 1)  # (T, 1, 1)
+    return torch.where(F, t, -1).amax(0)  # (B, L)
