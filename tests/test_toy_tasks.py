@@ -1,0 +1,134 @@
+"""Task generators and checkers of the toy models (toy_models/tasks.py; SPEC §5 accuracy).
+
+Each oracle here is written independently of the code under test (regex parsing, Counter,
+Python ints), and the held-out hash is recomputed from hashlib.
+"""
+
+import hashlib
+import re
+from collections import Counter
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from toy_models.tasks import (
+    HELDOUT_BUCKETS,
+    MAX_ANSWER_LEN,
+    MAX_PROMPT_LEN,
+    TASKS,
+    check,
+    make_problems,
+    parse_answer,
+    solve,
+    task_of,
+)
+
+
+def oracle_answer(task: str, prompt: str) -> str:
+    """An independent solver: parse with a regex, compute with Counter / ints / slicing."""
+    if task == "add":
+        a, b = re.fullmatch(r"A:(\d+)\+(\d+)=", prompt).groups()
+        return str(int(a) + int(b))
+    body = re.fullmatch(r"[SR]:(\w+)=", prompt).group(1)
+    if task == "sort":
+        c = Counter(body)
+        return "".join(d * c[d] for d in "0123456789")
+    return "".join(body[i] for i in range(len(body) - 1, -1, -1))
+
+
+def oracle_heldout(prompt: str) -> bool:
+    h = hashlib.sha256(prompt.encode()).digest()
+    return int.from_bytes(h[:8], "big") % HELDOUT_BUCKETS == 0
+
+
+@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("split", ["train", "heldout"])
+def test_generators_are_deterministic_given_the_seed(task, split):
+    """Same (task, n, seed, split) → the same problems; another seed → other problems.
+    Reproducible data is what makes a training run and a report repeatable."""
+    a = make_problems(task, 50, seed=7, split=split)
+    assert a == make_problems(task, 50, seed=7, split=split)
+    assert a != make_problems(task, 50, seed=8, split=split)
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_train_and_heldout_never_share_a_prompt(task):
+    """No held-out problem can appear in training: every training prompt falls outside the
+    held-out hash bucket and every held-out prompt inside it (hash recomputed here)."""
+    train = make_problems(task, 4000, seed=0, split="train")
+    held = make_problems(task, 1000, seed=0, split="heldout")
+    assert not {p for p, _ in train} & {p for p, _ in held}
+    assert all(oracle_heldout(p) for p, _ in held)
+    assert not any(oracle_heldout(p) for p, _ in train)
+    assert len({p for p, _ in held}) == len(held)  # held-out problems are distinct
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_answers_agree_with_an_independent_oracle_and_fit_the_layout(task):
+    """The stored answer is correct, the checker accepts it, and lengths fit P and G."""
+    for prompt, answer in make_problems(task, 500, seed=3):
+        assert answer == oracle_answer(task, prompt) == solve(task, prompt)
+        assert check(task, prompt, answer)
+        assert task_of(prompt) == task
+        assert len(prompt) <= MAX_PROMPT_LEN and 1 <= len(answer) <= MAX_ANSWER_LEN
+
+
+def test_generators_reach_the_hard_cases():
+    """The cases that make commits consequential occur: a carry into a 7th digit and 5-digit
+    operands (add), many duplicates (sort), the whole length range (rev)."""
+    add = make_problems("add", 500, seed=1)
+    assert any(len(a) == 7 for _, a in add) and any(len(a) == 6 for _, a in add)
+    assert any(re.search(r"[:+]0", p) for p, _ in add)  # a zero-padded 5-digit operand
+    for p, _ in make_problems("sort", 200, seed=1):
+        body = p[2:-1]
+        assert len(set(body)) < len(body)  # always duplicates
+    assert {len(a) for _, a in make_problems("rev", 500, seed=1)} == set(range(8, 15))
+
+
+@given(
+    task=st.sampled_from(TASKS),
+    seed=st.integers(0, 10**6),
+    pos=st.integers(0, 100),
+    kind=st.sampled_from(["substitute", "drop", "append", "swap_ends"]),
+)
+def test_checker_rejects_every_corrupted_answer(task, seed, pos, kind):
+    """A one-edit corruption of the true answer is never accepted (exact match). The
+    corruptions are built to differ by construction: a substituted character is always a
+    different one of the same class, a swap only of two different end characters."""
+    (prompt, answer), = make_problems(task, 1, seed=seed)
+    i = pos % len(answer)
+    alphabet = "0123456789" if task in ("add", "sort") else "abcdefghijklmnopqrstuvwxyz"
+    if kind == "substitute":
+        c = alphabet[(alphabet.index(answer[i]) + 1 + pos % (len(alphabet) - 1)) % len(alphabet)]
+        bad = answer[:i] + c + answer[i + 1 :]
+    elif kind == "drop":
+        bad = answer[:i] + answer[i + 1 :]
+    elif kind == "append":
+        bad = answer + alphabet[pos % len(alphabet)]
+    else:
+        if answer[0] == answer[-1]:
+            bad = answer + answer[-1]  # fall back to a length change
+        else:
+            bad = answer[-1] + answer[1:-1] + answer[0]
+    assert bad != answer
+    assert not check(task, prompt, bad)
+    assert check(task, prompt, answer)
+
+
+@pytest.mark.parametrize(
+    "task,completion",
+    [("add", ""), ("add", "0123"), ("add", "12a"), ("sort", "1\x002"), ("rev", "ab1"), ("rev", "")],
+)
+def test_parser_rejects_malformed_completions(task, completion):
+    """Empty, leading-zero, mixed-class or mask-holding completions parse to None."""
+    assert parse_answer(task, completion) is None
+
+
+def test_bad_arguments_raise_value_errors_naming_them():
+    with pytest.raises(ValueError, match="task"):
+        make_problems("mul", 1, 0)
+    with pytest.raises(ValueError, match="split"):
+        make_problems("add", 1, 0, split="test")
+    with pytest.raises(ValueError, match="n must"):
+        make_problems("add", -1, 0)

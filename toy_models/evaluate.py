@@ -1,0 +1,119 @@
+"""Task accuracy and frontier statistics of a toy model under the library samplers (SPEC §2, §5).
+
+Generation goes through ``fairref.diffusion`` (``llada_generate`` for LLaDA,
+``dream_generate`` for Dream) with the toy report's default settings, ``SamplerConfig``:
+G = 16 generated tokens, 8 steps (so k_t = 2 tokens commit per LLaDA step; Dream's
+schedule commits 1–4), temperature 0, one block, LLaDA ``low_confidence`` and Dream
+``maskgit_plus`` — both rank candidates by the top-1 probability.
+
+From a recorded trace (SPEC §2 "Trace") two statistics describe how close the teacher's
+decisions are (SPEC §3.1, §6 T4/T4s):
+
+- the commit margins g = p(1) − p(2) of every committed position (t, i ∈ F_t);
+- the step gaps: at every step with k_t > 0 and candidates left behind, the difference
+  between the k_t-th and the (k_t+1)-th highest confidence among M_t ∩ A_t (the gap_t of
+  T4s: how far the last committed candidate was ahead of the first one left masked).
+
+Legend: T steps, B batch, P prompt length, G generation length, L = P + G.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from fairref.diffusion import dream_generate, llada_generate
+from fairref.models import DreamModel
+from toy_models.char_tokenizer import GEN_LEN, decode_completion, encode_prompts
+from toy_models.tasks import TASKS, check, make_problems
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """The toy report's default sampler settings."""
+
+    steps: int = 8  # < G: several tokens commit per step (LLaDA: exactly 2)
+    gen_length: int = GEN_LEN  # G
+    block_length: int = GEN_LEN  # LLaDA: one block spanning the whole answer
+    dream_alg: str = "maskgit_plus"  # Dream: confidence = top-1 probability, like LLaDA
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.steps < self.gen_length:
+            raise ValueError(
+                f"steps must be in [1, gen_length={self.gen_length}) so that several "
+                f"tokens commit per step, got {self.steps}"
+            )
+
+
+@dataclass
+class FrontierStats:
+    """Accumulated commit margins and step gaps (see the module docstring)."""
+
+    margins: list[float] = field(default_factory=list)
+    gaps: list[float] = field(default_factory=list)
+
+
+def generate(model, prompt_ids: Tensor, cfg: SamplerConfig, record: bool = False):
+    """The library sampler for ``model``'s architecture on ``prompt_ids`` ``(B, P)``.
+    Returns ids ``(B, L)``, or ``(ids, trace)`` when ``record``."""
+    if isinstance(model, DreamModel):
+        return dream_generate(
+            model, prompt_ids, steps=cfg.steps, max_new_tokens=cfg.gen_length,
+            alg=cfg.dream_alg, record=record,
+        )
+    return llada_generate(
+        model, prompt_ids, steps=cfg.steps, gen_length=cfg.gen_length,
+        block_length=cfg.block_length, record=record,
+    )
+
+
+def frontier_stats(trace) -> tuple[list[float], list[float]]:
+    """Commit margins and step gaps of one recorded run (module docstring)."""
+    margin = (trace.p1 - trace.p2).double()  # (T, B, L) probability margin
+    margins = margin[trace.committed].tolist()
+    cand = trace.masked & trace.active  # (T, B, L): M_t ∩ A_t
+    conf = torch.where(cand, trace.conf, torch.full_like(trace.conf, -torch.inf))  # (T, B, L)
+    srt = conf.sort(dim=-1, descending=True).values  # (T, B, L)
+    n_cand = cand.sum(dim=-1)  # (T, B)
+    k = trace.k  # (T, B)
+    has_gap = (k > 0) & (n_cand > k)  # (T, B): a step that left candidates behind
+    kk = k.clamp(min=1)[..., None]  # (T, B, 1)
+    last_in = srt.gather(-1, kk - 1)[..., 0]  # (T, B): k_t-th confidence
+    first_out = srt.gather(-1, kk.clamp(max=srt.shape[-1] - 1))[..., 0]  # (k_t+1)-th
+    gaps = (last_in - first_out)[has_gap].tolist()
+    return margins, gaps
+
+
+@torch.no_grad()
+def run_task(
+    model, task: str, problems: list[tuple[str, str]], cfg: SamplerConfig,
+    stats: FrontierStats | None = None, chunk: int = 500,
+) -> list[bool]:
+    """Exact-match correctness of the sampler's answer for each problem of ``task``;
+    with ``stats`` the run is recorded and its frontier statistics appended."""
+    ok: list[bool] = []
+    for i in range(0, len(problems), chunk):
+        part = problems[i : i + chunk]
+        prompt_ids = encode_prompts([p for p, _ in part])  # (b, P)
+        P = prompt_ids.shape[1]
+        if stats is None:
+            x = generate(model, prompt_ids, cfg)  # (b, L)
+        else:
+            x, trace = generate(model, prompt_ids, cfg, record=True)
+            m, g = frontier_stats(trace)
+            stats.margins += m
+            stats.gaps += g
+        ok += [check(task, p, decode_completion(row)) for (p, _), row in zip(part, x[:, P:])]
+    return ok
+
+
+def quick_accuracy(model, n: int = 48, seed: int = 123) -> str:
+    """A short progress line: held-out accuracy per task on ``n`` problems each."""
+    cfg = SamplerConfig()
+    parts = []
+    for task in TASKS:
+        ok = run_task(model, task, make_problems(task, n, seed, split="heldout"), cfg)
+        parts.append(f"{task} {sum(ok) / len(ok):.2f}")
+    return " ".join(parts)

@@ -1,0 +1,111 @@
+"""The two toy architectures and their checkpoint layout (SPEC §2, §7).
+
+Tiny instances of the real LLaDA and Dream classes of ``fairref.models``, so the loader that
+reads LLaDA-8B reads them too. Sizes were chosen so that one training run fits in ~20 min
+on one CPU core under bf16 autocast (toy_models/README.md):
+
+- ``llada``: d = 256, 4 blocks, 4 heads (no GQA, like LLaDA-8B), SwiGLU width 768.
+- ``dream``: d = 192, 4 blocks, 4 query heads sharing 2 key/value heads (GQA), width 512,
+  q/k/v biases as in Qwen2.
+
+Both use the character vocabulary of ``char_tokenizer`` and its special ids. The RoPE bases
+are the public models' (5e5 and 1e6); with L = 34 positions they barely matter.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from fairref.models import DreamConfig, LLaDAConfig, build, save
+from toy_models.char_tokenizer import (
+    BOS_ID,
+    EOS_ID,
+    MASK_ID,
+    PAD_ID,
+    VOCAB_SIZE,
+    write_tokenizer,
+)
+
+
+def toy_config(arch: str) -> LLaDAConfig | DreamConfig:
+    """The config of the toy model ``arch`` ("llada" or "dream")."""
+    if arch == "llada":
+        return LLaDAConfig(
+            d_model=256,  # hidden size d (the task asks for one model with d >= 256)
+            n_heads=4,  # head_dim 64
+            n_kv_heads=4,  # LLaDA-8B has no GQA
+            n_layers=4,  # N blocks
+            mlp_hidden_size=768,  # SwiGLU width = 3d
+            vocab_size=VOCAB_SIZE,
+            embedding_size=VOCAB_SIZE,
+            rope_theta=500000.0,  # LLaDA-8B's base
+            max_sequence_length=64,  # L = 34 is all the toy ever sees
+            mask_token_id=MASK_ID,
+            eos_token_id=EOS_ID,
+            pad_token_id=PAD_ID,
+            extra={"model_type": "llada", "architectures": ["LLaDAModelLM"], "bos_token_id": BOS_ID},
+        )
+    if arch == "dream":
+        return DreamConfig(
+            hidden_size=192,  # d (smaller than the LLaDA toy: half the training compute)
+            intermediate_size=512,  # SwiGLU width ≈ 2.7d
+            num_attention_heads=4,  # head_dim 48
+            num_key_value_heads=2,  # GQA: 2 query heads per key/value head (Dream-7B: 7)
+            num_hidden_layers=4,  # N blocks
+            vocab_size=VOCAB_SIZE,
+            rope_theta=1000000.0,  # Dream-7B's base
+            max_position_embeddings=64,
+            mask_token_id=MASK_ID,
+            bos_token_id=BOS_ID,
+            eos_token_id=EOS_ID,
+            pad_token_id=PAD_ID,
+            extra={"model_type": "Dream", "architectures": ["DreamModel"]},
+        )
+    raise ValueError(f"arch must be 'llada' or 'dream', got {arch!r}")
+
+
+#: the linears that write into the residual stream (LLaDA and Dream names)
+_RESIDUAL_OUT = ("attn_out", "ff_out", "o_proj", "down_proj")
+
+
+def _is_residual_out(name: str) -> bool:
+    """True for a block's output projection (LLaDA's head is also called ff_out, but it
+    lives outside the blocks)."""
+    parts = name.split(".")
+    in_block = "blocks" in parts or "layers" in parts
+    return in_block and len(parts) >= 2 and parts[-2] in _RESIDUAL_OUT
+
+
+def init_weights(model: torch.nn.Module, std: float = 0.02) -> None:
+    """GPT-2 style initialisation from the global torch RNG: matrices ~ N(0, std²), the
+    output projections of each residual branch scaled by 1/√(2N), biases 0, norms 1."""
+    n_blocks = len(model.blocks)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() < 2:
+                p.fill_(1.0 if "norm" in name or "ln_f" in name else 0.0)
+            elif _is_residual_out(name):
+                p.normal_(0.0, std / (2 * n_blocks) ** 0.5)
+            else:
+                p.normal_(0.0, std)
+
+
+def build_toy(arch: str) -> torch.nn.Module:
+    """A freshly initialised toy model (float32), drawn from the global torch RNG."""
+    model = build(toy_config(arch))
+    init_weights(model)
+    return model
+
+
+def save_toy(model: torch.nn.Module, arch: str, out: str | Path, train_config: dict | None = None) -> Path:
+    """Write the checkpoint directory: config.json, bf16 model.safetensors, tokenizer.json,
+    and ``train_config.json`` recording how it was trained."""
+    out = Path(out)
+    save(model, out, dtype=torch.bfloat16, overwrite=True)
+    write_tokenizer(out)
+    if train_config is not None:
+        (out / "train_config.json").write_text(json.dumps({"arch": arch, **train_config}, indent=2) + "\n")
+    return out

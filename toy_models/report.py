@@ -1,0 +1,179 @@
+"""The toy-model report: accuracy, frontier margins, and accuracy under RTN quantization.
+
+For each shipped toy checkpoint (loaded with ``fairref.models.load`` from its stored bf16
+weights, upcast to float32 — the full-precision reference) and each task, on ``n`` held-out
+problems with the default sampler (``evaluate.SamplerConfig``):
+
+1. full-precision exact-match accuracy (SPEC §5 task accuracy) with a 95% bootstrap
+   interval (1000 resamples over problems);
+2. the teacher's frontier statistics (SPEC §3.1, §6 T4/T4s): the fraction of commits whose
+   probability margin p(1) − p(2) is below 0.5, and the fraction of steps whose gap between
+   the last committed and the first uncommitted confidence is below ``GAP_SMALL``;
+3. accuracy after round-to-nearest quantization at W8A8, W4A8 and W4A4 (SPEC §1): every
+   linear inside the blocks replaced by ``fairref.quant.linear.QuantLinear.from_linear``
+   with a normalized Sylvester Hadamard rotation R (x R, W R), weights per output channel
+   symmetric ("restricted" scale), activations per token dynamic symmetric; embeddings,
+   norms and the head stay in float32.
+
+The regime wanted: W8A8 within ~2 points of full precision, W4A4 at least ~10 points below.
+
+Usage: ``python toy_models/report.py [--n 2000] [--models llada dream] [--out DIR]``.
+Writes ``report.json`` and ``report.md`` into ``--out`` (default toy_models/results/); with
+several ``--models`` run separately (e.g. in parallel), ``--merge`` joins their JSON parts.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make `toy_models` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import argparse
+import copy
+import json
+import time
+
+import numpy as np
+import torch
+
+from fairref.models import load
+from fairref.quant.grid import QuantSpec
+from fairref.quant.linear import QuantLinear
+from fairref.quant.rotation import hadamard
+from toy_models.evaluate import FrontierStats, SamplerConfig, run_task
+from toy_models.tasks import TASKS, make_problems
+
+ROOT = Path(__file__).resolve().parent
+#: shipped checkpoints
+CHECKPOINTS = {"llada": ROOT / "llada_toy", "dream": ROOT / "dream_toy"}
+#: the quantization schemes of the report: name → (weight bits, activation bits)
+SCHEMES: dict[str, tuple[int, int]] = {"W8A8": (8, 8), "W4A8": (4, 8), "W4A4": (4, 4)}
+#: a commit is "unsure" when the teacher's top-1/top-2 probability margin is below this
+MARGIN_SMALL = 0.5
+#: a step's gap between the last committed and first uncommitted confidence is "small" below this
+GAP_SMALL = 0.1
+#: seed of the held-out problems (the split itself is fixed by the prompt hash)
+HELDOUT_SEED = 2026
+
+
+def quantized_copy(model, w_bits: int, a_bits: int):
+    """A deep copy of ``model`` with every block linear replaced by an RTN ``QuantLinear``
+    (Hadamard-rotated, per-channel weights, per-token activations; SPEC §1)."""
+    q_model = copy.deepcopy(model)
+    w_spec = QuantSpec(bits=w_bits, granularity="channel")
+    a_spec = QuantSpec(bits=a_bits, granularity="token")
+    names = [name for group in q_model.linear_groups() for name in group]
+    for block in q_model.blocks:
+        for name in names:
+            lin = block.get_submodule(name)
+            R = hadamard(lin.in_features)  # (K, K), block-diagonal when K is not 2^m
+            ql = QuantLinear.from_linear(lin, w_spec, a_spec, rotation=R)
+            parent, _, attr = name.rpartition(".")
+            setattr(block.get_submodule(parent) if parent else block, attr, ql)
+    return q_model.eval()
+
+
+def bootstrap_ci(ok: list[bool], n_boot: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile bootstrap interval of the mean of ``ok`` (SPEC §5: resampling problems)."""
+    x = np.asarray(ok, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, len(x), size=(n_boot, len(x)))].mean(axis=1)  # (n_boot,)
+    lo, hi = np.quantile(means, [0.025, 0.975])
+    return float(lo), float(hi)
+
+
+def evaluate_model(arch: str, path: Path, n: int, cfg: SamplerConfig, log=print) -> dict:
+    """All numbers of the report for one checkpoint (see the module docstring)."""
+    fp = load(path)  # stored bf16 weights → float32: the full-precision reference
+    models = {"FP": fp}
+    models.update({s: quantized_copy(fp, *bits) for s, bits in SCHEMES.items()})
+    out: dict = {"arch": arch, "checkpoint": path.name, "tasks": {}}
+    for task in TASKS:
+        problems = make_problems(task, n, HELDOUT_SEED, split="heldout")
+        row: dict = {"n": n}
+        for name, model in models.items():
+            t0 = time.time()
+            stats = FrontierStats() if name == "FP" else None
+            ok = run_task(model, task, problems, cfg, stats=stats)
+            acc = sum(ok) / len(ok)
+            row[name] = {"acc": acc, "ci95": bootstrap_ci(ok)}
+            if stats is not None:
+                m, g = np.asarray(stats.margins), np.asarray(stats.gaps)
+                row["frontier"] = {
+                    "commits": int(m.size),
+                    "frac_margin_below_0.5": float((m < MARGIN_SMALL).mean()),
+                    "margin_quantiles_10_25_50": [float(v) for v in np.quantile(m, [0.1, 0.25, 0.5])],
+                    "steps_with_gap": int(g.size),
+                    f"frac_gap_below_{GAP_SMALL}": float((g < GAP_SMALL).mean()),
+                    "gap_quantiles_10_25_50": [float(v) for v in np.quantile(g, [0.1, 0.25, 0.5])],
+                }
+            log(f"{arch} {task} {name}: acc {acc:.4f} ({time.time() - t0:.0f}s)")
+        out["tasks"][task] = row
+    return out
+
+
+def markdown(results: list[dict], cfg: SamplerConfig) -> str:
+    """The Markdown tables of ``report.md``."""
+    lines = [
+        "# Toy models: accuracy, frontier margins, RTN quantization",
+        "",
+        f"Held-out problems per task: {results[0]['tasks'][TASKS[0]]['n']} (seed {HELDOUT_SEED}). "
+        f"Sampler: G = {cfg.gen_length}, {cfg.steps} steps, one block, temperature 0; LLaDA "
+        f"`low_confidence`, Dream `{cfg.dream_alg}`. Quantization: RTN, Hadamard rotation, "
+        "weights per-channel symmetric, activations per-token dynamic, every linear in the "
+        "blocks (fairref.quant QuantLinear). Brackets: 95% bootstrap interval.",
+        "",
+        "| model | task | FP | W8A8 | W4A8 | W4A4 | commits with margin < 0.5 | "
+        f"steps with gap < {GAP_SMALL} |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        for task, row in r["tasks"].items():
+            cells = []
+            for s in ("FP", *SCHEMES):
+                lo, hi = row[s]["ci95"]
+                cells.append(f"{100 * row[s]['acc']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]")
+            f = row["frontier"]
+            lines.append(
+                f"| {r['arch']} | {task} | " + " | ".join(cells)
+                + f" | {100 * f['frac_margin_below_0.5']:.1f}% | "
+                f"{100 * f[f'frac_gap_below_{GAP_SMALL}']:.1f}% |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="toy-model report (toy_models/README.md)")
+    ap.add_argument("--models", nargs="+", choices=sorted(CHECKPOINTS), default=sorted(CHECKPOINTS))
+    ap.add_argument("--n", type=int, default=2000, help="held-out problems per task")
+    ap.add_argument("--out", type=Path, default=ROOT / "results")
+    ap.add_argument("--part", action="store_true", help="write only report_<arch>.json parts")
+    ap.add_argument("--merge", action="store_true", help="join report_<arch>.json parts")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    cfg = SamplerConfig()
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.merge:
+        results = [json.loads((args.out / f"report_{a}.json").read_text()) for a in args.models]
+    else:
+        results = []
+        for arch in args.models:
+            r = evaluate_model(arch, CHECKPOINTS[arch], args.n, cfg, log=lambda s: print(s, flush=True))
+            results.append(r)
+            if args.part:
+                (args.out / f"report_{arch}.json").write_text(json.dumps(r, indent=2) + "\n")
+        if args.part:
+            return 0
+    meta = {"sampler": cfg.__dict__, "schemes": SCHEMES, "margin_small": MARGIN_SMALL,
+            "gap_small": GAP_SMALL, "heldout_seed": HELDOUT_SEED}
+    (args.out / "report.json").write_text(json.dumps({"meta": meta, "models": results}, indent=2) + "\n")
+    (args.out / "report.md").write_text(markdown(results, cfg))
+    print(markdown(results, cfg))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
