@@ -162,9 +162,7 @@ def dream_generate(model, prompt_ids: Tensor, steps: int, max_new_tokens: int,
             x_hat[M] = x0
             F = torch.zeros_like(M)  # (B, L): F_t, the positions written this step
             F[M] = chosen
-            k_t, conf = torch.full((B,), -1), None
-            if rec is not None:  # the trace's candidate where nothing was drawn: the argmax
-                x_hat[M] = torch.where(chosen, x0, z_M.argmax(-1))
+            k_t, conf = torch.full((B,), -1), None  # origin has neither k_t nor a score
         else:
             conf_M, x0 = sample_tokens(z_M, temperature, top_p, top_k,
                                        margin_confidence=alg == "topk_margin",
@@ -182,8 +180,10 @@ def dream_generate(model, prompt_ids: Tensor, steps: int, max_new_tokens: int,
                     idx = torch.multinomial(w, num_samples=k, generator=generator)  # (B, k)
                 F.scatter_(1, idx, True)
             k_t, conf = torch.full((B,), k), score
-        x_next = torch.where(F, x_hat, x)
+        x_next = torch.where(F, x_hat, x)  # commit; the recorded x_t stays intact
         if rec is not None:
+            if alg == "origin":  # the trace's candidate where nothing was drawn: the argmax
+                x_hat[M] = torch.where(chosen, x0, z_M.argmax(-1))
             rec.step(x, A, k_t, F, x_hat, z, conf, mask_id)
         x = x_next
     if rec is None:

@@ -16,11 +16,12 @@ Conventions (documented once here, relied on everywhere):
   ``A_t`` carry their score too; selection only ever looks inside ``A_t``. For Dream's
   ``origin`` it is NaN everywhere (the sampler has no score, SPEC §2).
 - ``k`` is −1 where the sampler has no commit count (Dream ``origin``).
-- ``cand`` is the candidate token x̂ at masked positions and ``x_t`` elsewhere.
+- ``cand`` is the candidate token x̂ at masked positions and ``x_t`` elsewhere (Dream
+  ``origin`` draws a token only where it writes; elsewhere ``cand`` is the argmax).
 - ``p_y`` is NaN where the position is not masked. Design: y is known only after the
   run, so the recorder (``sampler.TraceRecorder``) stores each step's float64
   log-normalizer ``lse_t`` (B, L) and keeps the step's logits (B, L, V) while their total
-  size stays below ``LOGPROB_BUDGET_BYTES`` (toy vocabularies); otherwise it re-runs the
+  size stays below ``sampler.LOGPROB_BUDGET_BYTES`` (toy vocabularies); otherwise it re-runs the
   teacher on the recorded states after the run (a second pass with the same inputs: real
   vocabularies). Then ``p_y = exp(z_t[y] − lse_t)``. Either way nothing is recorded that
   changes the sampler's arithmetic or consumes random numbers.
@@ -38,11 +39,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field, fields
+
 import torch
 from torch import Tensor
 
+#: the fields stacked over steps, each (T, B, L) except k (T, B)
 STEP_FIELDS = ("x", "masked", "active", "k", "committed", "cand",
-                "p1", "p2", "z1", "z2", "conf", "p_y")
+               "p1", "p2", "z1", "z2", "conf", "p_y")
 _DTYPES = {"int64": torch.int64, "bool": torch.bool,
            "float32": torch.float32, "float64": torch.float64}
 
@@ -84,6 +87,8 @@ class Trace:
         ``M_t`` is ``{x_t == mask}``; ``F_t ⊆ M_t ∩ A_t``; ``|F_t| = k_t`` where ``k_t ≥ 0``;
         ``x_{t+1}`` is ``x_t`` with ``F_t`` filled by the candidates (so committed tokens
         never change) and ``y`` is the last state so filled; ``tau`` is the step of commit.
+        A faithful run fails this only if the model proposes the mask id itself: the public
+        loops then "commit" a mask, and the position is written again later.
         """
         T, B, L = self.x.shape
         P = self.prompt_len
@@ -94,6 +99,10 @@ class Trace:
             got = tuple(getattr(self, name).shape)
             if got != want:
                 raise ValueError(f"{name} has shape {got}, want {want}")
+        for name in ("tau", "y"):
+            if tuple(getattr(self, name).shape) != (B, L):
+                raise ValueError(f"{name} has shape {tuple(getattr(self, name).shape)}, "
+                                 f"want {(B, L)}")
         F = self.committed
         if not torch.equal(self.masked, self.x == self.mask_token_id):
             raise ValueError("masked differs from (x == mask_token_id)")
@@ -142,7 +151,6 @@ class Trace:
               for name, t in meta["tensors"].items()}
         return cls(prompt_len=meta["prompt_len"], gen_length=meta["gen_length"],
                    mask_token_id=meta["mask_token_id"], settings=meta["settings"], **kw)
-
 
 
 def commit_steps(F: Tensor) -> Tensor:
