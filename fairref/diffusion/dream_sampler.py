@@ -124,7 +124,8 @@ def dream_generate(model, prompt_ids: Tensor, steps: int, max_new_tokens: int,
 
     ``alg`` in ``ALGS``; ``alg_temp`` > 0 samples the positions to write instead of taking
     the top k; ``eps`` is the last timestep; ``temperature``/``top_p``/``top_k`` shape the
-    token distribution; randomness comes only from ``generator``; ``attention_mask``
+    token distribution; randomness comes only from ``generator`` (of the prompt's device;
+    None draws from torch's default one); ``attention_mask``
     (B, P) marks real prompt tokens and is passed on to ``model.logits``, extended.
 
     Returns the final ids (B, P + G), or ``(ids, trace)`` when ``record`` is True.

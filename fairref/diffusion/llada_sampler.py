@@ -17,7 +17,8 @@ numbers are drawn at temperature 0 (as in the current public version), and a pro
 not contain the mask id. Checked token-for-token against a plain transcription of the
 public loop in ``tests/test_diffusion_faithful.py``.
 
-Legend: B batch, P prompt length, G gen_length, L = P + G, V vocabulary.
+Legend: B batch, P prompt length, G gen_length, L = P + G, V vocabulary,
+S steps per block.
 """
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ def llada_generate(model, prompt_ids: Tensor, steps: int, gen_length: int, block
     ``steps`` in total, split evenly over the ``gen_length // block_length`` blocks;
     ``temperature`` 0 is greedy; ``cfg_scale`` > 0 enables classifier-free guidance;
     ``remasking`` is ``"low_confidence"`` or ``"random"``; randomness (Gumbel noise at
-    temperature > 0, ``random`` scores) is drawn only from ``generator``;
+    temperature > 0, ``random`` scores) is drawn only from ``generator`` (a generator of
+    the prompt's device; None draws from torch's default one);
     ``attention_mask`` (B, P) marks real prompt tokens (left padding) and is passed on to
     ``model.logits`` extended over the generated region.
 
