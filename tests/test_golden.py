@@ -139,3 +139,14 @@ def test_flagged_edge_cases_are_present_in_the_data(doc):
         assert t["q"]["shape"][-1] % 2 == 1
     for g, t in _tests(doc, "QuantizeTest", "InvalidInput"):
         assert t["result"] == "invalid" and not np.isfinite(_f32(t["x"])).all()
+
+
+def test_dead_hessian_vectors_zero_the_dead_columns(doc):
+    """GptqTest with H_ii = 0: those columns carry no signal, so GPTQ sets W[:, i] = 0 → q = 0."""
+    n = 0
+    for g, t in _tests(doc, "GptqTest", "DeadHessian"):
+        assert g["spec"]["symmetric"]  # so a zero weight is q = 0
+        dead = np.diag(_f32(t["H"])) == 0
+        assert dead.any() and (_i(t["q"])[:, dead] == 0).all()
+        n += 1
+    assert n >= 1

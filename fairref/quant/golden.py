@@ -12,8 +12,8 @@ Encoding (lossless): a tensor is ``{"shape": [...], "hex": [...]}`` with each fl
 
 Group types: ``QuantizeTest`` (x → q, scale, zero, x̂ for one QuantSpec), ``PackInt4Test``
 (q → uint8 nibbles), ``PackCtTest`` (q → compressed-tensors int32 words),
-``Int4MatmulTest`` (a_q, s_a, w_q, s_w → out), ``GptqTest`` (W, H → q, scale) when
-``fairref.quant.gptq.gptq_quantize`` exists. Hard cases are built by construction
+``Int4MatmulTest`` (a_q, s_a, w_q, s_w → out), ``GptqTest`` (W, H, spec, solver options →
+q, scale, zero; SPEC §4.3a, float64 working precision) when ``fairref.quant.gptq`` exists. Hard cases are built by construction
 (the case builders at the end of this file).
 """
 
@@ -124,12 +124,13 @@ def _run_matmul(group: dict, inp: dict) -> dict:
 
 
 def _run_gptq(group: dict, inp: dict) -> dict:
-    from fairref.quant import gptq  # optional module (SPEC §4.3a), owned elsewhere
+    from fairref.quant.gptq import gptq_quantize  # SPEC §4.3a, a separate module
 
-    spec = spec_from_dict(group["spec"])
-    res = gptq.gptq_quantize(dec(inp["W"]), dec(inp["H"]), spec, **group.get("options", {}))
-    q, s = (res[0], res[1]) if isinstance(res, tuple) else (res.q, res.scale)
-    return {"q": enc_i(q), "scale": enc_f(s)}
+    opts = dict(group.get("options", {}))
+    opts["dtype"] = getattr(torch, opts.get("dtype", "float64"))  # working precision
+    res = gptq_quantize(dec(inp["W"]), dec(inp["H"]).to(torch.float64),
+                        spec_from_dict(group["spec"]), **opts)
+    return {"q": enc_i(res.q), "scale": enc_f(res.scale), "zero": enc_i(res.zero)}
 
 
 RUNNERS = {"QuantizeTest": _run_quantize, "PackInt4Test": _run_pack_int4,
@@ -416,10 +417,46 @@ def all_groups() -> list:
     return groups
 
 
+def _gptq_cases(spec: QuantSpec, rng: np.random.Generator) -> list:
+    """W (N, K) and H = 2 X Xᵀ / n (float64 values stored as float32 hex, so exact)."""
+    N, K, n = 4, 16, 24
+    cases = []
+
+    def case(comment, flags, X, W=None):
+        W = rng.normal(0, 1, (N, K)) if W is None else W
+        H = (2.0 * X @ X.T / n).astype(np.float32)  # (K, K), symmetric, PSD up to rounding
+        H = (H + H.T) / 2  # exactly symmetric
+        return (comment, flags, {"W": enc_f(_f32(W)), "H": enc_f(_f32(H))}, True)
+
+    X = rng.normal(0, 1, (K, n))
+    cases.append(case("random Gaussian inputs", ["Random"], X))
+    X = rng.normal(0, 1, (K, n))
+    X[[2, 9]] = 0.0  # two never-active input features
+    cases.append(case("H_22 = H_99 = 0: dead columns", ["DeadHessian"], X))
+    X = rng.normal(0, 1, (K, n))
+    X[5] *= 30.0
+    W = rng.normal(0, 1, (N, K))
+    W[:, 11] *= 20.0
+    cases.append(case("one outlier input feature and one outlier weight column", ["Outlier"], X, W))
+    X = rng.normal(0, 1, (K, n))
+    X[:8] = X[8:] + 1e-3 * rng.normal(0, 1, (8, n))  # nearly collinear pairs: ill-conditioned H
+    cases.append(case("nearly collinear features (ill-conditioned H)", ["Random"], X))
+    return cases
+
+
+GPTQ_CONFIGS = [  # (spec, solver options); float64 working precision keeps BLAS-order effects
+    (QuantSpec(bits=4), {}),  # far below the float32 grid rounding, so vectors are portable
+    (QuantSpec(bits=4, granularity="group", group_size=4), {"blocksize": 8}),
+    (QuantSpec(bits=4, granularity="group", group_size=4), {"static_groups": False}),
+    (QuantSpec(bits=3, scale_mode="full"), {"act_order": True}),
+]
+
+
 def _gptq_groups(rng: np.random.Generator) -> list:
-    """GptqTest vectors if ``fairref.quant.gptq.gptq_quantize`` exists (else none)."""
+    """GptqTest groups (W, H, spec → q, scale, zero) when ``fairref.quant.gptq`` exists."""
     try:
         from fairref.quant.gptq import gptq_quantize  # noqa: F401
     except ImportError:
         return []
-    return []  # TODO: GPTQ vectors once its signature is settled (see the report)
+    return [({"type": "GptqTest", "spec": spec_to_dict(sp), "options": {**o, "dtype": "float64"}},
+             _gptq_cases(sp, rng)) for sp, o in GPTQ_CONFIGS]
