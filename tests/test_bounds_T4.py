@@ -182,7 +182,9 @@ def sampler_steps(draw):
     V = draw(st.integers(2, 6))
     Z = draw(hnp.arrays(np.float64, (C, V), elements=st.floats(-1, 1)))
     Z = Z * draw(st.sampled_from([1e-3, 1.0, 8.0]))
-    spikes = draw(hnp.arrays(np.float64, C, elements=st.sampled_from([0.0, 0.0, 20.0, 700.0])))
+    # Distinct confidences by construction (a staircase on token 0), then the hard cases.
+    Z[:, 0] += np.linspace(0.0, 1.0, C) * draw(st.sampled_from([0.1, 2.0, 1e-6]))
+    spikes = draw(hnp.arrays(np.float64, C, elements=st.sampled_from([0.0, 0.0, 0.0, 20.0, 700.0])))
     Z[:, 0] += spikes  # near-one-hot rows
     if draw(st.booleans()):
         Z[:, 1] = Z[:, 0] - draw(st.sampled_from([0.0, 1e-9]))  # (near-)tied top two
@@ -191,17 +193,20 @@ def sampler_steps(draw):
     scale = draw(st.sampled_from([1e-6, 1e-2, 0.3, 3.0]))
     D = draw(hnp.arrays(np.float64, (C, V), elements=st.floats(-1, 1))) * scale
     Zq = Z + D
-    if draw(st.booleans()):
-        # Slots i and j trade places by a fraction t: their confidences cross at t = ½,
-        # so sets flip "just" (t = ½ ± 1e-6), exactly at a tie (½), or fully (1).
-        i, j = draw(st.integers(0, C - 1)), draw(st.integers(0, C - 1))
-        t = draw(st.sampled_from([0.5 - 1e-6, 0.5, 0.5 + 1e-6, 1.0]))
-        Zq[i], Zq[j] = Z[i] + t * (Z[j] - Z[i]) + D[i] * 1e-6, Z[j] + t * (Z[i] - Z[j])
     cand = draw(hnp.arrays(np.bool_, C, elements=st.booleans()))
     cand[:2] = True
     n = int(cand.sum())  # ≥ 2
     # Mostly 0 < k < n (a swap is possible); k = 0 and k = n are the no-swap edge cases.
     k = draw(st.one_of(st.integers(1, n - 1), st.integers(1, n - 1), st.sampled_from([0, n])))
+    if 0 < k < n and draw(st.sampled_from(["swap", "swap", "noise_only"])) == "swap":
+        # The teacher's rank-k and rank-(k+1) slots trade places by a fraction t: their
+        # confidences cross at t = ½, so the set flips "just" (t = ½ ± 1e-6), sits at an
+        # exact tie (½), or flips fully (1).
+        conf = np.where(cand, _softmax(Z).max(1), -np.inf)
+        order = np.argsort(-conf, kind="stable")
+        i, j = order[k - 1], order[k]
+        t = draw(st.sampled_from([1.0, 0.5 + 1e-6, 0.5, 0.5 - 1e-6]))
+        Zq[i], Zq[j] = Z[i] + t * (Z[j] - Z[i]) + D[i] * 1e-6, Z[j] + t * (Z[i] - Z[j])
     return Z, Zq, cand, k
 
 

@@ -22,7 +22,7 @@ from hypothesis.extra import numpy as hnp
 EPS = float(np.finfo(np.float64).eps)  # 2.22e-16, unit roundoff ×2 of float64
 
 LOGIT_KINDS = ("generic", "tie", "near_tie", "one_hot", "flat", "tie_below_one_hot")
-DELTA_KINDS = ("generic", "constant", "constant_plus_small", "spike", "swap_top", "pair")
+DELTA_KINDS = ("swap_top", "generic", "constant", "pair", "spike", "constant_plus_small")
 
 
 def log_softmax_err(V: int, M: float) -> float:
@@ -118,7 +118,9 @@ def perturbations(draw, z: np.ndarray) -> np.ndarray:
     order = np.argsort(-z, kind="stable")
     b = int(order[1]) if kind == "swap_top" else draw(st.integers(0, V - 1))
     half = (z[a] - z[b]) / 2
-    t = half * draw(st.sampled_from([0.5, 1.0 - 1e-6, 1.0, 1.0 + 1e-6, 2.0])) + scale * 1e-3
+    t = half * draw(st.sampled_from([1.0 + 1e-6, 1.0, 1.0 - 1e-6, 0.5, 2.0]))
+    if half == 0:  # a teacher tie: any move of b up flips
+        t = scale
     delta = np.zeros(V)
     delta[a] -= t
     delta[b] += t
