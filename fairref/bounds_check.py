@@ -86,7 +86,9 @@ def bounds_on_trace(teacher, student, trace: Trace, batch_size: int = 256,
         conf_s = torch.where(c, p_s.amax(-1), torch.full_like(p_s[..., 0], float("-inf")))
         kl_full = torch.zeros_like(conf_t)  # (b, L) zero outside the candidate slots
         kl_full[c] = t1.measured.clamp(min=0.0)
-        kb = k[sl]
+        # k_t, capped at the candidates left: Dream's count is batch-averaged, so a row whose
+        # model wrote the mask token itself (untrained models only) can have fewer
+        kb = torch.minimum(k[sl], c.sum(-1))
         ok = kb > 0  # steps with a commit count (Dream `origin` has none: k = −1)
         if ok.any():
             r = set_flip_bound(conf_t[ok], kl_full[ok], kb[ok], conf_student=conf_s[ok],
