@@ -117,6 +117,30 @@ def test_T1_reverse_kl_obeys_the_same_bounds(pair):
     assert float(r.measured) <= float(r.bound_range) * REL + tol
     assert float(r.measured) <= float(r.bound_l2) * REL + tol
     assert abs(float(r.measured) - float(fwd.measured)) <= 2 * tol
+    d = _realized(z, delta)
+    R = float(d.max() - d.min())
+    assert abs(float(r.measured) - float(r.second_order)) <= R**3 / 24 + tol + 64 * EPS * R * R
+
+
+def test_T1_batched_over_leading_dims_equals_rowwise():
+    """Leading dims are batch dims: a (2, 3, V) call equals the six (V,) calls, bit for bit."""
+    rng = np.random.default_rng(5)
+    z, delta = rng.normal(size=(2, 3, 9)) * 4, rng.normal(size=(2, 3, 9))
+    r = kl_logit_bound(_t(z), _t(delta))
+    for i in range(2):
+        for j in range(3):
+            rij = kl_logit_bound(_t(z[i, j]), _t(delta[i, j]))
+            for field in ("measured", "bound_l2", "bound_range", "second_order"):
+                assert torch.equal(getattr(r, field)[i, j], getattr(rij, field))
+
+
+@pytest.mark.parametrize("bad", ["z", "delta"])
+def test_T1_rejects_non_finite_input_by_name(bad):
+    """A NaN would make every `measured <= bound` check pass vacuously: it is an error."""
+    args = {"z": torch.zeros(4, dtype=torch.float64), "delta": torch.zeros(4, dtype=torch.float64)}
+    args[bad][1] = float("nan")
+    with pytest.raises(ValueError, match=bad):
+        kl_logit_bound(**args)
 
 
 @pytest.mark.parametrize("V", [2, 64, 50_000])

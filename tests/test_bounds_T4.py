@@ -18,9 +18,17 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-from test_bounds_strategies import EPS, kl_tol, log_softmax_err, logit_pairs
+from test_bounds_strategies import (
+    EPS,
+    heads,
+    hidden_states,
+    kl_tol,
+    lift_slack,
+    log_softmax_err,
+    logit_pairs,
+)
 
-from fairref.bounds import flip_bounds, kl_divergence, set_flip_bound
+from fairref.bounds import flip_bounds, hidden_lift_bound, kl_divergence, rms_norm, set_flip_bound
 
 torch.set_num_threads(1)
 
@@ -85,6 +93,34 @@ def test_T4prime_never_looser_than_T4_via_T1(pair):
     assert math.tanh(m / 2) <= m / 2
     # Equality g = m/2 only as m → 0, so the two ratios differ by ≥ rounding everywhere.
     assert float(r.t4_prime) <= float(r.t4_via_t1) * (1 + 8 * EPS) + 4 * _e1(z) / max(g, 1e-300)
+
+
+@st.composite
+def lifted_cases(draw):
+    d, V = draw(st.integers(1, 8)), draw(st.integers(2, 8))
+    eps = draw(st.sampled_from([1e-6, 1e-5]))
+    h, dh = draw(hidden_states(d, eps))
+    W, g = draw(heads(d, V))
+    return h, dh, W, g, eps
+
+
+@given(lifted_cases())
+def test_T4prime_lifted_flip_implies_twice_L_squared_dh_squared_at_least_m_squared(case):
+    """Through the head (T2): flip ⇒ 2 L²‖Δh‖² ≥ m², so #flips ≤ Σ min(1, 2L²‖Δh‖²/m²)."""
+    h, dh, W, g, eps = case
+    lift = hidden_lift_bound(_t(h), _t(dh), _t(W), _t(g), eps)
+    z = rms_norm(_t(h), _t(g), eps) @ _t(W).T  # (V,) the logits T2 compares
+    z_q = rms_norm(_t(h + dh), _t(g), eps) @ _t(W).T
+    r = flip_bounds(z, z_q - z)
+    if not bool(r.flipped):
+        return
+    # ‖Δz‖ ≤ L‖Δh‖ + 2e (lift_slack: rounding of both logit vectors and of h + Δh), and the
+    # flip gives 2‖Δz‖² ≥ (m − one rounding of z_a − z_b and of δ_b − δ_a)².
+    e = lift_slack(h, dh, W, g, eps)
+    m = float(r.m)
+    m_low = m - 2 * EPS * (m + 2 * float((z_q - z).abs().max()))
+    L_dh = float(lift.L) * float(np.linalg.norm(dh))
+    assert 2 * (L_dh * (1 + 256 * EPS) + 2 * e) ** 2 >= m_low**2 or m_low <= 0
 
 
 def test_T4_example_p_002_001_weights_4_2_vs_5000():
