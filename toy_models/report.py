@@ -10,16 +10,20 @@ problems with the default sampler (``evaluate.SamplerConfig``):
    probability margin p(1) − p(2) is below 0.5, and the fraction of steps whose gap between
    the last committed and the first uncommitted confidence is below ``GAP_SMALL``;
 3. accuracy after round-to-nearest quantization at W8A8, W4A8 and W4A4 (SPEC §1): every
-   linear inside the blocks replaced by ``fairref.quant.linear.QuantLinear.from_linear``
-   with a normalized Sylvester Hadamard rotation R (x R, W R), weights per output channel
-   symmetric ("restricted" scale), activations per token dynamic symmetric; embeddings,
-   norms and the head stay in float32.
+   linear inside the blocks replaced by a fake-quant RTN linear with a normalized Sylvester
+   (block-)Hadamard rotation R (x R, W R), weights per output channel symmetric
+   ("restricted" scale), activations per token dynamic symmetric; embeddings, norms and the
+   head stay in float32. ``RTNLinear`` below is the fake path of the library's
+   ``QuantLinear`` with Ŵ precomputed and R applied blockwise (a test checks the two agree);
+   the library module itself is ~3x slower here, too slow for 24 × 2000 generations on a
+   shared 2-core CPU.
 
 The regime wanted: W8A8 within ~2 points of full precision, W4A4 at least ~10 points below.
 
 Usage: ``python toy_models/report.py [--n 2000] [--models llada dream] [--out DIR]``.
-Writes ``report.json`` and ``report.md`` into ``--out`` (default toy_models/results/); with
-several ``--models`` run separately (e.g. in parallel), ``--merge`` joins their JSON parts.
+Writes ``report_<arch>.json`` after every (task, scheme), then ``report.json`` and
+``report.md`` into ``--out`` (default toy_models/results/). To use both cores, run
+``--models llada --part`` and ``--models dream --part`` in parallel, then ``--merge``.
 """
 
 from __future__ import annotations
@@ -37,11 +41,13 @@ import time
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from fairref.models import load
-from fairref.quant.grid import QuantSpec
+from fairref.quant.grid import QuantSpec, fake_quantize
 from fairref.quant.linear import QuantLinear
-from fairref.quant.rotation import hadamard
+from fairref.quant.rotation import hadamard, largest_pow2_divisor
 from toy_models.evaluate import FrontierStats, SamplerConfig, run_task
 from toy_models.tasks import TASKS, make_problems
 
@@ -58,9 +64,46 @@ GAP_SMALL = 0.1
 HELDOUT_SEED = 2026
 
 
-def quantized_copy(model, w_bits: int, a_bits: int):
-    """A deep copy of ``model`` with every block linear replaced by an RTN ``QuantLinear``
-    (Hadamard-rotated, per-channel weights, per-token activations; SPEC §1)."""
+def fake_quant_tokens(x: Tensor, bits: int) -> Tensor:
+    """Per-token symmetric fake quantization of x (..., K), SPEC §1 "restricted" scale with
+    clip 1: s = amax / qmax (s = 1 where amax = 0), x̂ = clamp(round(x / s)) · s. The same
+    float32 operations in the same order as ``fairref.quant.grid.fake_quantize`` (tested
+    bit-exact), minus its finiteness checks, which cost half its time."""
+    qmax, qmin = 2 ** (bits - 1) - 1, -(2 ** (bits - 1))
+    s = x.abs().amax(dim=-1, keepdim=True) / qmax  # (..., 1)
+    s = torch.where(s == 0, torch.ones_like(s), s)  # all-zero token: s = 1, q = 0
+    return torch.round(x / s).clamp_(qmin, qmax).mul_(s)  # (..., K)
+
+
+class RTNLinear(nn.Module):
+    """Fake-quant RTN linear, numerically the fake path of ``fairref.quant.linear.QuantLinear``
+    (SPEC §1) but faster for evaluation: Ŵ = dequant(quant(W R)) is computed once at
+    construction, and the block-diagonal Hadamard R = diag(H_m, …, H_m) is applied to
+    x as a batched (K/m)·(m×m) product instead of a dense K×K matmul. Equality with
+    QuantLinear to float32 rounding is tested in tests/test_toy_models.py."""
+
+    def __init__(self, linear: nn.Linear, w_spec: QuantSpec, a_spec: QuantSpec) -> None:
+        super().__init__()
+        K = linear.in_features
+        self.m = largest_pow2_divisor(K)  # Hadamard block size
+        self.register_buffer("H", hadamard(self.m))  # (m, m), normalized Sylvester
+        W = linear.weight.detach().to(torch.float32)  # (N, K)
+        WR = (W.view(-1, K // self.m, self.m) @ self.H).reshape(W.shape)  # (N, K): W R
+        self.register_buffer("W_hat", fake_quantize(WR, w_spec, name="linear.weight"))
+        self.bias = None if linear.bias is None else linear.bias.detach().to(torch.float32)
+        self.a_bits = a_spec.bits
+
+    def forward(self, x: Tensor) -> Tensor:
+        lead, K = x.shape[:-1], x.shape[-1]
+        xr = (x.to(torch.float32).reshape(-1, K // self.m, self.m) @ self.H).reshape(*lead, K)
+        xa = fake_quant_tokens(xr, self.a_bits)  # (..., K) per-token dynamic
+        return F.linear(xa, self.W_hat, self.bias).to(x.dtype)
+
+
+def quantized_copy(model, w_bits: int, a_bits: int, fast: bool = True):
+    """A deep copy of ``model`` with every block linear replaced by RTN fake-quant
+    (Hadamard-rotated, per-channel symmetric weights, per-token activations; SPEC §1):
+    ``RTNLinear`` when ``fast``, else the library's ``QuantLinear.from_linear``."""
     q_model = copy.deepcopy(model)
     w_spec = QuantSpec(bits=w_bits, granularity="channel")
     a_spec = QuantSpec(bits=a_bits, granularity="token")
@@ -68,8 +111,11 @@ def quantized_copy(model, w_bits: int, a_bits: int):
     for block in q_model.blocks:
         for name in names:
             lin = block.get_submodule(name)
-            R = hadamard(lin.in_features)  # (K, K), block-diagonal when K is not 2^m
-            ql = QuantLinear.from_linear(lin, w_spec, a_spec, rotation=R)
+            if fast:
+                ql = RTNLinear(lin, w_spec, a_spec)
+            else:
+                R = hadamard(lin.in_features)  # (K, K), block-diagonal when K is not 2^m
+                ql = QuantLinear.from_linear(lin, w_spec, a_spec, rotation=R)
             parent, _, attr = name.rpartition(".")
             setattr(block.get_submodule(parent) if parent else block, attr, ql)
     return q_model.eval()
@@ -84,8 +130,10 @@ def bootstrap_ci(ok: list[bool], n_boot: int = 1000, seed: int = 0) -> tuple[flo
     return float(lo), float(hi)
 
 
-def evaluate_model(arch: str, path: Path, n: int, cfg: SamplerConfig, log=print) -> dict:
-    """All numbers of the report for one checkpoint (see the module docstring)."""
+def evaluate_model(arch: str, path: Path, n: int, cfg: SamplerConfig, log=print,
+                   checkpoint=None) -> dict:
+    """All numbers of the report for one checkpoint (see the module docstring).
+    ``checkpoint(partial_result)`` (optional) is called after every (task, scheme)."""
     fp = load(path)  # stored bf16 weights → float32: the full-precision reference
     models = {"FP": fp}
     models.update({s: quantized_copy(fp, *bits) for s, bits in SCHEMES.items()})
@@ -93,25 +141,32 @@ def evaluate_model(arch: str, path: Path, n: int, cfg: SamplerConfig, log=print)
     for task in TASKS:
         problems = make_problems(task, n, HELDOUT_SEED, split="heldout")
         row: dict = {"n": n}
+        out["tasks"][task] = row
         for name, model in models.items():
             t0 = time.time()
             stats = FrontierStats() if name == "FP" else None
             ok = run_task(model, task, problems, cfg, stats=stats)
             acc = sum(ok) / len(ok)
-            row[name] = {"acc": acc, "ci95": bootstrap_ci(ok)}
+            row[name] = {"acc": acc, "ci95": bootstrap_ci(ok), "seconds": round(time.time() - t0)}
             if stats is not None:
-                m, g = np.asarray(stats.margins), np.asarray(stats.gaps)
-                row["frontier"] = {
-                    "commits": int(m.size),
-                    "frac_margin_below_0.5": float((m < MARGIN_SMALL).mean()),
-                    "margin_quantiles_10_25_50": [float(v) for v in np.quantile(m, [0.1, 0.25, 0.5])],
-                    "steps_with_gap": int(g.size),
-                    f"frac_gap_below_{GAP_SMALL}": float((g < GAP_SMALL).mean()),
-                    "gap_quantiles_10_25_50": [float(v) for v in np.quantile(g, [0.1, 0.25, 0.5])],
-                }
+                row["frontier"] = frontier_summary(stats)
             log(f"{arch} {task} {name}: acc {acc:.4f} ({time.time() - t0:.0f}s)")
-        out["tasks"][task] = row
+            if checkpoint is not None:
+                checkpoint(out)
     return out
+
+
+def frontier_summary(stats: FrontierStats) -> dict:
+    """Fractions and quantiles of the commit margins and step gaps (module docstring)."""
+    m, g = np.asarray(stats.margins), np.asarray(stats.gaps)
+    return {
+        "commits": int(m.size),
+        "frac_margin_below_0.5": float((m < MARGIN_SMALL).mean()),
+        "margin_quantiles_10_25_50": [float(v) for v in np.quantile(m, [0.1, 0.25, 0.5])],
+        "steps_with_gap": int(g.size),
+        f"frac_gap_below_{GAP_SMALL}": float((g < GAP_SMALL).mean()),
+        "gap_quantiles_10_25_50": [float(v) for v in np.quantile(g, [0.1, 0.25, 0.5])],
+    }
 
 
 def markdown(results: list[dict], cfg: SamplerConfig) -> str:
@@ -123,7 +178,8 @@ def markdown(results: list[dict], cfg: SamplerConfig) -> str:
         f"Sampler: G = {cfg.gen_length}, {cfg.steps} steps, one block, temperature 0; LLaDA "
         f"`low_confidence`, Dream `{cfg.dream_alg}`. Quantization: RTN, Hadamard rotation, "
         "weights per-channel symmetric, activations per-token dynamic, every linear in the "
-        "blocks (fairref.quant QuantLinear). Brackets: 95% bootstrap interval.",
+        "blocks (`RTNLinear`: the fake path of fairref.quant QuantLinear). Brackets: 95% "
+        "bootstrap interval over problems.",
         "",
         "| model | task | FP | W8A8 | W4A8 | W4A4 | commits with margin < 0.5 | "
         f"steps with gap < {GAP_SMALL} |",
@@ -133,14 +189,16 @@ def markdown(results: list[dict], cfg: SamplerConfig) -> str:
         for task, row in r["tasks"].items():
             cells = []
             for s in ("FP", *SCHEMES):
+                if s not in row:  # a partial run
+                    cells.append("–")
+                    continue
                 lo, hi = row[s]["ci95"]
                 cells.append(f"{100 * row[s]['acc']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]")
-            f = row["frontier"]
-            lines.append(
-                f"| {r['arch']} | {task} | " + " | ".join(cells)
-                + f" | {100 * f['frac_margin_below_0.5']:.1f}% | "
-                f"{100 * f[f'frac_gap_below_{GAP_SMALL}']:.1f}% |"
+            f = row.get("frontier")
+            tail = "– | –" if f is None else (
+                f"{100 * f['frac_margin_below_0.5']:.1f}% | {100 * f[f'frac_gap_below_{GAP_SMALL}']:.1f}%"
             )
+            lines.append(f"| {r['arch']} | {task} | " + " | ".join(cells) + f" | {tail} |")
     return "\n".join(lines) + "\n"
 
 
@@ -149,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", nargs="+", choices=sorted(CHECKPOINTS), default=sorted(CHECKPOINTS))
     ap.add_argument("--n", type=int, default=2000, help="held-out problems per task")
     ap.add_argument("--out", type=Path, default=ROOT / "results")
-    ap.add_argument("--part", action="store_true", help="write only report_<arch>.json parts")
+    ap.add_argument("--part", action="store_true", help="stop after the report_<arch>.json parts")
     ap.add_argument("--merge", action="store_true", help="join report_<arch>.json parts")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
@@ -161,10 +219,12 @@ def main(argv: list[str] | None = None) -> int:
     else:
         results = []
         for arch in args.models:
-            r = evaluate_model(arch, CHECKPOINTS[arch], args.n, cfg, log=lambda s: print(s, flush=True))
+            part = args.out / f"report_{arch}.json"
+            r = evaluate_model(
+                arch, CHECKPOINTS[arch], args.n, cfg, log=lambda s: print(s, flush=True),
+                checkpoint=lambda r, part=part: part.write_text(json.dumps(r, indent=2) + "\n"),
+            )
             results.append(r)
-            if args.part:
-                (args.out / f"report_{arch}.json").write_text(json.dumps(r, indent=2) + "\n")
         if args.part:
             return 0
     meta = {"sampler": cfg.__dict__, "schemes": SCHEMES, "margin_small": MARGIN_SMALL,
