@@ -28,15 +28,14 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fairref.models.base import DiffusionLM
 from fairref.models.config import DreamConfig
 from fairref.models.layers import (
-    RMSNorm, apply_rope, attention, key_padding_mask, merge_heads, rope_cos_sin, split_heads,
+    RMSNorm, apply_rope, attention, merge_heads, split_heads,
 )
-from fairref.models.protocol import shift_head_logits
 
 
 class DreamAttention(nn.Module):
@@ -100,7 +99,7 @@ class _Body(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
 
-class DreamModel(nn.Module):
+class DreamModel(DiffusionLM):
     """Dream as a :class:`~fairref.models.protocol.MaskedDiffusionLM` (``logit_shift = 1``)."""
 
     logit_shift: int = 1
@@ -128,41 +127,7 @@ class DreamModel(nn.Module):
         """(B, L) → (B, L, d)."""
         return self.model.embed_tokens(input_ids)
 
-    def run_block(self, index: int, h: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        B, L, _ = h.shape
-        cos, sin = rope_cos_sin(L, self.config.head_dim, self.config.rope_theta, h.device,
-                                h.dtype)
-        return self.blocks[index](h, cos, sin, key_padding_mask(attention_mask, B, L))
-
-    def head(self, h: Tensor) -> Tensor:
-        """(B, L, d) → (B, L, V), *unshifted*: row i predicts token i+1."""
-        return self.lm_head(self.model.norm(h))
-
     def final_norm_and_head(self) -> tuple[nn.Module, nn.Linear]:
         """The final RMSNorm (``.weight`` g, ``.eps`` ε) and the LM head W: ``head(h) =
         W · RMSNorm_g(h)``, the map the T2/T3 bounds lift through (SPEC §6)."""
         return self.model.norm, self.lm_head
-
-    def forward_hidden(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> list[Tensor]:
-        """The N+1 hidden states: those entering layers 0..N-1, then the last layer's output."""
-        if input_ids.dim() != 2 or input_ids.dtype not in (torch.int64, torch.int32):
-            raise ValueError(f"input_ids must be a (B, L) integer tensor, got shape "
-                             f"{tuple(input_ids.shape)} dtype {input_ids.dtype}")
-        h = self.embed(input_ids)  # (B, L, d)
-        B, L, _ = h.shape
-        cos, sin = rope_cos_sin(L, self.config.head_dim, self.config.rope_theta, h.device,
-                                h.dtype)
-        mask = key_padding_mask(attention_mask, B, L)
-        states = [h]
-        for layer in self.blocks:
-            h = layer(h, cos, sin, mask)
-            states.append(h)
-        return states
-
-    def logits(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        """(B, L) → (B, L, V) with ``logits[:, i]`` predicting token i (shift applied)."""
-        z = self.head(self.forward_hidden(input_ids, attention_mask)[-1])  # (B, L, V)
-        return shift_head_logits(z, self.logit_shift)
-
-    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        return self.logits(input_ids, attention_mask)

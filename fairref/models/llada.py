@@ -25,13 +25,13 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fairref.models.base import DiffusionLM
 from fairref.models.config import LLaDAConfig
 from fairref.models.layers import (
-    RMSNorm, apply_rope, attention, key_padding_mask, merge_heads, rope_cos_sin, split_heads,
+    RMSNorm, apply_rope, attention, merge_heads, split_heads,
 )
 
 
@@ -78,7 +78,7 @@ class _Body(nn.Module):
         ))
 
 
-class LLaDAModel(nn.Module):
+class LLaDAModel(DiffusionLM):
     """LLaDA as a :class:`~fairref.models.protocol.MaskedDiffusionLM`."""
 
     logit_shift: int = 0
@@ -105,45 +105,7 @@ class LLaDAModel(nn.Module):
         """(B, L) → (B, L, d). No embedding scaling (``input_emb_norm`` false)."""
         return self.model.transformer.wte(input_ids)
 
-    def run_block(self, index: int, h: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        B, L, _ = h.shape
-        cos, sin = rope_cos_sin(L, self.config.head_dim, self.config.rope_theta, h.device,
-                                h.dtype)
-        return self.blocks[index](h, cos, sin, key_padding_mask(attention_mask, B, L))
-
-    def head(self, h: Tensor) -> Tensor:
-        """(B, L, d) → (B, L, V): ``ff_out(ln_f(h))``."""
-        t = self.model.transformer
-        return t.ff_out(t.ln_f(h))
-
     def final_norm_and_head(self) -> tuple[nn.Module, nn.Linear]:
         """The final RMSNorm (``.weight`` g, ``.eps`` ε) and the LM head W: ``head(h) =
         W · RMSNorm_g(h)``, the map the T2/T3 bounds lift through (SPEC §6)."""
         return self.model.transformer.ln_f, self.model.transformer.ff_out
-
-    def forward_hidden(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> list[Tensor]:
-        """The N+1 hidden states: those entering blocks 0..N-1, then the last block's output."""
-        _check_ids(input_ids)
-        h = self.embed(input_ids)  # (B, L, d)
-        B, L, _ = h.shape
-        cos, sin = rope_cos_sin(L, self.config.head_dim, self.config.rope_theta, h.device,
-                                h.dtype)
-        mask = key_padding_mask(attention_mask, B, L)
-        states = [h]
-        for block in self.blocks:
-            h = block(h, cos, sin, mask)
-            states.append(h)
-        return states
-
-    def logits(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        """(B, L) → (B, L, V); row i predicts token i."""
-        return self.head(self.forward_hidden(input_ids, attention_mask)[-1])
-
-    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        return self.logits(input_ids, attention_mask)
-
-
-def _check_ids(input_ids: Tensor) -> None:
-    if input_ids.dim() != 2 or input_ids.dtype not in (torch.int64, torch.int32):
-        raise ValueError(f"input_ids must be a (B, L) integer tensor, got shape "
-                         f"{tuple(input_ids.shape)} dtype {input_ids.dtype}")
