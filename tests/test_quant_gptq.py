@@ -15,8 +15,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fairref.quant import GPTQResult, QuantSpec, gptq_quantize, hessian, quantize
-from fairref.quant.grid import dequantize
+from fairref.quant import GPTQResult, QuantSpec, dequantize, gptq_quantize, hessian, quantize
 from gptq_oracle import gptq_oracle
 
 F64 = torch.float64
@@ -30,6 +29,7 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
 
 CONFIGS = [  # (spec, solver kwargs, oracle kwargs): every code path of the solver
     (QuantSpec(), {}, {}),
