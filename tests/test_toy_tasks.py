@@ -26,15 +26,16 @@ from toy_models.tasks import (
 
 
 def oracle_answer(task: str, prompt: str) -> str:
-    """An independent solver: parse with a regex, compute with Counter / ints / slicing."""
+    """An independent solver: parse with a regex, compute with Counter / ints / a cumsum."""
     if task == "add":
-        a, b = re.fullmatch(r"A:(\d+)\+(\d+)=", prompt).groups()
-        return str(int(a) + int(b))
-    body = re.fullmatch(r"[SR]:(\w+)=", prompt).group(1)
+        a, b = re.fullmatch(r"A:(\d{6})\+(\d{6})=", prompt).groups()
+        return str(int(a) + int(b)).zfill(7)
+    body = re.fullmatch(r"[SP]:(\d+)=", prompt).group(1)
     if task == "sort":
         c = Counter(body)
         return "".join(d * c[d] for d in "0123456789")
-    return "".join(body[i] for i in range(len(body) - 1, -1, -1))
+    digits = [int(d) for d in body]
+    return "".join(str(sum(digits[: j + 1]) % 10) for j in range(len(digits)))
 
 
 def oracle_heldout(prompt: str) -> bool:
@@ -75,15 +76,18 @@ def test_answers_agree_with_an_independent_oracle_and_fit_the_layout(task):
 
 
 def test_generators_reach_the_hard_cases():
-    """The cases that make commits consequential occur: a carry into a 7th digit and 5-digit
-    operands (add), many duplicates (sort), the whole length range (rev)."""
+    """The cases that make commits consequential occur: a carry into the 7th digit and
+    5-digit operands (add), duplicates in every list (sort), running sums that wrap (psum)."""
     add = make_problems("add", 500, seed=1)
-    assert any(len(a) == 7 for _, a in add) and any(len(a) == 6 for _, a in add)
+    assert any(a[0] == "1" for _, a in add) and any(a[0] == "0" for _, a in add)
     assert any(re.search(r"[:+]0", p) for p, _ in add)  # a zero-padded 5-digit operand
     for p, _ in make_problems("sort", 200, seed=1):
         body = p[2:-1]
         assert len(set(body)) < len(body)  # always duplicates
-    assert {len(a) for _, a in make_problems("rev", 500, seed=1)} == set(range(8, 15))
+    assert {len(p) - 3 for p, _ in make_problems("sort", 500, seed=1)} == set(range(8, 13))
+    wraps = [any(int(a[j]) < int(a[j - 1]) for j in range(1, len(a)))
+             for _, a in make_problems("psum", 100, seed=1)]
+    assert all(wraps)  # 12 random digits always wrap past 9 somewhere
 
 
 @given(
@@ -98,7 +102,7 @@ def test_checker_rejects_every_corrupted_answer(task, seed, pos, kind):
     different one of the same class, a swap only of two different end characters."""
     (prompt, answer), = make_problems(task, 1, seed=seed)
     i = pos % len(answer)
-    alphabet = "0123456789" if task in ("add", "sort") else "abcdefghijklmnopqrstuvwxyz"
+    alphabet = "0123456789"
     if kind == "substitute":
         c = alphabet[(alphabet.index(answer[i]) + 1 + pos % (len(alphabet) - 1)) % len(alphabet)]
         bad = answer[:i] + c + answer[i + 1 :]
@@ -118,16 +122,17 @@ def test_checker_rejects_every_corrupted_answer(task, seed, pos, kind):
 
 @pytest.mark.parametrize(
     "task,completion",
-    [("add", ""), ("add", "0123"), ("add", "12a"), ("sort", "1\x002"), ("rev", "ab1"), ("rev", "")],
+    [("add", ""), ("add", "123456"), ("add", "012345a"), ("sort", "1\x002"), ("psum", "12"),
+     ("psum", "")],
 )
 def test_parser_rejects_malformed_completions(task, completion):
-    """Empty, leading-zero, mixed-class or mask-holding completions parse to None."""
+    """Empty, wrong-length, non-digit or mask-holding completions parse to None."""
     assert parse_answer(task, completion) is None
 
 
 def test_bad_arguments_raise_value_errors_naming_them():
     with pytest.raises(ValueError, match="task"):
-        make_problems("mul", 1, 0)
+        make_problems("rev", 1, 0)
     with pytest.raises(ValueError, match="split"):
         make_problems("add", 1, 0, split="test")
     with pytest.raises(ValueError, match="n must"):

@@ -2,16 +2,24 @@
 
 The toy models exist to sit in the regime FAIR-Calib is about: several tokens are written
 per sampler step, an early wrong commit propagates to the rest of the answer (a wrong carry,
-a miscounted duplicate, a shifted letter), and the teacher is genuinely unsure at some of
-its commits. Three tasks, each a single-character tag in the prompt:
+a miscounted duplicate, a wrong running sum), and the teacher is genuinely unsure at some
+of its commits. Three tasks, each a single-character tag in the prompt:
 
 - ``add``  (tag ``A``): ``a + b`` with 5- or 6-digit operands written zero-padded to 6
-  digits (so digit columns align); the sum is written without leading zeros and has 5–7
-  digits, so both the carry chain and the answer length (where EOS starts) are uncertain.
+  digits; the answer is the sum zero-padded to 7 digits. Every answer digit sits at a fixed
+  offset from its operand column, but depends on the carry from all lower columns.
 - ``sort`` (tag ``S``): sort 8–12 digits drawn from a small alphabet (many duplicates):
   every digit's multiplicity must be counted, and one miscount shifts all later positions.
-- ``rev``  (tag ``R``): reverse 8–14 lowercase letters: a long-range copy whose length
-  must be inferred, so position j of the answer reads position n-1-j of the prompt.
+- ``psum`` (tag ``P``): the running sum mod 10 of 12 digits: answer j = (d_0 + … + d_j)
+  mod 10. A long-range consistency task: each answer digit depends on the whole prefix, so
+  committing digit j before j − 1 is a guess and a wrong digit corrupts every later one.
+
+Design note (measured): the first version had a reversal task (8–14 letters). With RoPE
+and identical mask queries, an answer position must first infer its own index to find its
+source (distance 2j + 2), and after 1000 steps neither toy model had learned it (0%), nor
+5–7 digit sums written without padding (variable alignment). Fixed-offset layouts learn
+within the CPU budget, so the tasks above keep every source at a fixed relative offset and
+put the difficulty in the carries, counts and prefixes instead.
 
 A problem is a pair of strings ``(prompt, answer)``: ``prompt = "<tag>:<body>="`` and the
 answer has no terminator (the encoder pads it with EOS up to the generation length G).
@@ -27,17 +35,21 @@ import random
 import string
 
 #: the tasks, in the order reports list them
-TASKS: tuple[str, ...] = ("add", "sort", "rev")
+TASKS: tuple[str, ...] = ("add", "sort", "psum")
 #: one-character tag written at the start of each prompt
-TAG: dict[str, str] = {"add": "A", "sort": "S", "rev": "R"}
+TAG: dict[str, str] = {"add": "A", "sort": "S", "psum": "P"}
 #: 1 / (fraction of the prompt space reserved for held-out problems)
 HELDOUT_BUCKETS = 16
-#: the longest answer any task produces (7-digit sum, 12 sorted digits, 14 letters)
-MAX_ANSWER_LEN = 14
-#: the longest prompt any task produces ("R:" + 14 letters + "=")
-MAX_PROMPT_LEN = 17
+#: digits of a running-sum problem
+PSUM_LEN = 12
+#: the longest answer any task produces (7-digit sum, 12 sorted digits, 12 running sums)
+MAX_ANSWER_LEN = 12
+#: the longest prompt any task produces ("A:" + 6 + "+" + 6 + "=")
+MAX_PROMPT_LEN = 16
 #: every character that can appear in a prompt or an answer
 ALPHABET: str = string.digits + string.ascii_lowercase + "".join(sorted(TAG.values())) + ":=+"
+# (lowercase letters stay in the vocabulary so the tokenizer can encode any task string of
+# the first version; no current task uses them)
 
 SPLITS = ("train", "heldout")
 
@@ -61,9 +73,8 @@ def _sample_body(task: str, rng: random.Random) -> str:
         k = rng.randint(3, 6)
         pool = rng.sample(string.digits, k)
         return "".join(rng.choice(pool) for _ in range(n))
-    if task == "rev":
-        n = rng.randint(8, 14)
-        return "".join(rng.choice(string.ascii_lowercase) for _ in range(n))
+    if task == "psum":
+        return "".join(rng.choice(string.digits) for _ in range(PSUM_LEN))
     raise ValueError(f"task must be one of {TASKS}, got {task!r}")
 
 
@@ -72,10 +83,14 @@ def solve(task: str, prompt: str) -> str:
     body = parse_prompt(task, prompt)
     if task == "add":
         a, b = body.split("+")
-        return str(int(a) + int(b))  # int() drops the zero padding
+        return f"{int(a) + int(b):07d}"  # zero-padded: digit j aligns with column j - 1
     if task == "sort":
         return "".join(sorted(body))
-    return body[::-1]  # rev
+    out, acc = [], 0  # psum
+    for d in body:
+        acc = (acc + int(d)) % 10
+        out.append(str(acc))
+    return "".join(out)
 
 
 def parse_prompt(task: str, prompt: str) -> str:
@@ -93,10 +108,12 @@ def parse_answer(task: str, completion: str) -> str | None:
 
     ``completion`` is the decoded generation up to (not including) the first EOS.
     """
-    if task in ("add", "sort"):
-        ok = completion.isdigit() and (task == "sort" or completion[0] != "0")
-    elif task == "rev":
-        ok = bool(completion) and all(c in string.ascii_lowercase for c in completion)
+    if task == "add":
+        ok = completion.isdigit() and len(completion) == 7
+    elif task == "sort":
+        ok = completion.isdigit()
+    elif task == "psum":
+        ok = completion.isdigit() and len(completion) == PSUM_LEN
     else:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
     return completion if ok else None

@@ -19,7 +19,9 @@ reference every evaluation uses.
 
 Legend: B batch, P prompt length, G generation length, L = P + G, V vocabulary size.
 
-Usage: ``python toy_models/train.py --arch llada --out toy_models/llada_toy [--steps N]``
+Usage: ``python toy_models/train.py --arch llada --out toy_models/llada_toy [--steps N]``;
+``--init DIR`` continues from a saved checkpoint (a second phase with its own warm-up and
+cosine schedule; its ``train_config.json`` records the previous phase).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ if __package__ in (None, ""):  # run as a script: make `toy_models` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
+import json
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -178,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=TrainConfig.seed)
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     ap.add_argument("--eval-every", type=int, default=500)
+    ap.add_argument("--init", type=Path, default=None,
+                    help="continue from this checkpoint instead of a fresh initialisation")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     cfg = TrainConfig(
@@ -185,7 +190,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"config: {asdict(cfg)}", flush=True)
     torch.manual_seed(cfg.seed)
-    model = build_toy(cfg.arch)
+    if args.init is None:
+        model = build_toy(cfg.arch)
+    else:  # a further training phase: start from the stored (bf16) weights
+        from fairref.models import load
+
+        model = load(args.init)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"{cfg.arch}: {n_params / 1e6:.2f}M parameters", flush=True)
 
@@ -202,7 +212,11 @@ def main(argv: list[str] | None = None) -> int:
     train(model, cfg, log=lambda s: print(s, flush=True), eval_fn=progress_eval,
           eval_every=args.eval_every)
     print(f"trained in {time.time() - t0:.0f}s", flush=True)
-    save_toy(model, cfg.arch, args.out, train_config=asdict(cfg))
+    record = {**asdict(cfg), "init": None if args.init is None else str(args.init),
+              "train_seconds": round(time.time() - t0)}
+    if args.init is not None and (args.init / "train_config.json").is_file():
+        record["previous_phase"] = json.loads((args.init / "train_config.json").read_text())
+    save_toy(model, cfg.arch, args.out, train_config=record)
     print(f"wrote {args.out}", flush=True)
     return 0
 
