@@ -53,9 +53,14 @@ def _run_golden(args: argparse.Namespace) -> int:
 
 # --- generate -------------------------------------------------------------------------------
 
-#: sampler defaults when neither the command line nor the model's generation_config.json
-#: sets them: 16 new tokens in 8 steps (two commits per step), one block
-_GEN_DEFAULTS = {"steps": 8, "gen_length": 16, "block_length": None, "alg": "maskgit_plus"}
+#: sampler and prompt-format defaults when neither the command line nor the model's
+#: generation_config.json sets them: 16 new tokens in 8 steps (two commits per step), one
+#: block; prompts as given. ``add_bos`` prepends the BOS id; ``prompt_length`` left-pads
+#: every prompt with the pad id to that fixed length *as visible tokens* (the format a model
+#: trained on fixed-length padded prompts, like the toy models, expects); otherwise a batch
+#: of unequal prompts is left-padded with an attention mask.
+_GEN_DEFAULTS = {"steps": 8, "gen_length": 16, "block_length": None, "alg": "maskgit_plus",
+                 "add_bos": False, "prompt_length": None}
 
 
 def _add_generate(sub: argparse._SubParsersAction) -> None:
@@ -117,12 +122,20 @@ def _run_generate(args: argparse.Namespace) -> int:
     d = _generation_defaults(args.model)
     steps = args.steps or d["steps"]
     G = args.gen_length or d["gen_length"]
-    encoded = [tok.encode(p) for p in args.prompt]
+    bos = [tok.bos_token_id] if d["add_bos"] and tok.bos_token_id is not None else []
+    encoded = [bos + tok.encode(p) for p in args.prompt]
     P = max(len(e) for e in encoded)
+    fixed = d["prompt_length"]
+    if fixed is not None and P > fixed:
+        print(f"error: a prompt has {P} tokens, more than this model's prompt_length={fixed} "
+              "(generation_config.json); shorten it", file=sys.stderr)
+        return 2
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.mask_token_id
     # left padding, as the public loops expect; the mask keeps padded keys out of attention
+    # unless the model was trained to see its fixed-length padding
+    P = fixed or P
     ids = torch.tensor([[pad] * (P - len(e)) + e for e in encoded])  # (B, P)
-    attn = torch.tensor([[False] * (P - len(e)) + [True] * len(e) for e in encoded])
+    attn = torch.tensor([[fixed is not None] * (P - len(e)) + [True] * len(e) for e in encoded])
     g = torch.Generator().manual_seed(args.seed)
     common = dict(temperature=args.temperature, generator=g, record=args.trace is not None,
                   attention_mask=attn if not bool(attn.all()) else None)

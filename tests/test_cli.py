@@ -11,9 +11,9 @@ from fairref.diffusion import Trace, dream_generate, llada_generate
 from fairref.models import DreamConfig, LLaDAConfig, load, random_model, save
 
 CHARS = list("0123456789+=abc")
-SPECIALS = ["<|pad|>", "<|eos|>", "<|mask|>", "<|unk|>"]
+SPECIALS = ["<|pad|>", "<|eos|>", "<|mask|>", "<|unk|>", "<|bos|>"]
 V = len(SPECIALS) + len(CHARS)
-PAD, EOS, MASK = 0, 1, 2
+PAD, EOS, MASK, BOS = 0, 1, 2, 4
 
 
 def _write_checkpoint(path, arch):
@@ -80,3 +80,28 @@ def test_every_command_has_help(capsys):
             main([cmd, "--help"])
         assert e.value.code == 0
         assert "usage: fairref " + cmd in capsys.readouterr().out
+
+
+def test_generate_uses_the_prompt_format_of_generation_config(tmp_path, capsys):
+    """A model trained on fixed-length, left-padded, BOS-prefixed prompts (the toy models)
+    declares that format in generation_config.json; the CLI must reproduce it exactly."""
+    ckpt = _write_checkpoint(tmp_path / "m", "llada")
+    (ckpt / "generation_config.json").write_text(json.dumps(
+        {"steps": 4, "gen_length": 8, "prompt_length": 9, "add_bos": True}))
+    assert main(["generate", "--model", str(ckpt), "--prompt", "12+3="]) == 0
+    printed = capsys.readouterr().out.strip()
+    model = load(ckpt)
+    row = [BOS] + [len(SPECIALS) + CHARS.index(c) for c in "12+3="]
+    ids = torch.tensor([[PAD] * (9 - len(row)) + row])  # (1, 9): pads are visible tokens
+    with torch.no_grad():
+        x = llada_generate(model, ids, 4, 8, 8)
+    gen = x[0, 9:].tolist()
+    gen = gen[: gen.index(EOS)] if EOS in gen else gen
+    assert printed == Tokenizer.from_file(str(ckpt / "tokenizer.json")).decode(gen)
+
+
+def test_generate_rejects_a_prompt_longer_than_prompt_length(tmp_path, capsys):
+    ckpt = _write_checkpoint(tmp_path / "m", "llada")
+    (ckpt / "generation_config.json").write_text(json.dumps({"prompt_length": 3}))
+    assert main(["generate", "--model", str(ckpt), "--prompt", "12+3="]) == 2
+    assert "prompt_length=3" in capsys.readouterr().err
