@@ -9,7 +9,7 @@ on one CPU core under bf16 autocast (toy_models/README.md):
   q/k/v biases as in Qwen2.
 
 Both use the character vocabulary of ``char_tokenizer`` and its special ids. The RoPE bases
-are the public models' (5e5 and 1e6); with L = 34 positions they barely matter.
+are the public models' (5e5 and 1e6); with L = 33 positions they barely matter.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def toy_config(arch: str) -> LLaDAConfig | DreamConfig:
             vocab_size=VOCAB_SIZE,
             embedding_size=VOCAB_SIZE,
             rope_theta=500000.0,  # LLaDA-8B's base
-            max_sequence_length=64,  # L = 34 is all the toy ever sees
+            max_sequence_length=64,  # L = 33 is all the toy ever sees
             mask_token_id=MASK_ID,
             eos_token_id=EOS_ID,
             pad_token_id=PAD_ID,

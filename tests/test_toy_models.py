@@ -1,0 +1,162 @@
+"""Toy-model training objective and shipped checkpoints (toy_models/train.py, presets.py).
+
+Oracles: a stub model whose logits are known in closed form (uniform → CE = log V on every
+masked token; one-hot at the truth → CE ≈ 0), and the task checkers for generations.
+"""
+
+import math
+import os
+
+import pytest
+import torch
+from torch import nn
+
+from fairref.models import DreamModel, LLaDAModel, load
+from toy_models.char_tokenizer import GEN_LEN, MASK_ID, PROMPT_LEN, VOCAB_SIZE
+from toy_models.presets import toy_config
+from toy_models.report import CHECKPOINTS, quantized_copy
+from toy_models.tasks import TASKS, check, make_problems, parse_answer
+from toy_models.train import TrainConfig, batch_problems, diffusion_loss, encode_batch, lr_at
+
+
+class StubModel(nn.Module):
+    """logits = scale · one_hot(target) (or zeros); records the inputs it saw."""
+
+    mask_token_id = MASK_ID
+
+    def __init__(self, target=None, scale=0.0):
+        super().__init__()
+        self.target, self.scale, self.seen = target, scale, []
+
+    def logits(self, ids, attention_mask=None):
+        self.seen.append(ids.clone())
+        z = torch.zeros(*ids.shape, VOCAB_SIZE)  # (B, L, V)
+        if self.target is not None:
+            z = z + self.scale * nn.functional.one_hot(self.target, VOCAB_SIZE).float()
+        return z
+
+
+def _batch(seed=0):
+    cfg = TrainConfig(arch="llada", batch_size=12, seed=seed)
+    x0 = encode_batch(batch_problems(cfg, step=3))  # (B, L)
+    g = torch.Generator().manual_seed(seed)
+    t = 1e-3 + (1 - 1e-3) * torch.rand(x0.shape[0], generator=g)  # (B,)
+    u = torch.rand(x0.shape[0], GEN_LEN, generator=g)  # (B, G)
+    return x0, t, u
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_loss_of_a_uniform_model_is_log_v_times_masked_count_over_t(seed):
+    """With uniform logits every masked token costs log V, so
+    L = Σ_b n_masked_b · log V / t_b / (B G) exactly (the 1/t weighting, LLaDA SFT)."""
+    x0, t, u = _batch(seed)
+    B = x0.shape[0]
+    n_masked = (u < t[:, None]).sum(dim=1).double()  # (B,)
+    want = (n_masked * math.log(VOCAB_SIZE) / t.double()).sum() / (B * GEN_LEN)
+    got = diffusion_loss(StubModel(), x0, t, u)
+    assert torch.isclose(got.double(), want, rtol=1e-5)
+
+
+def test_prompt_is_never_masked_and_answer_masks_are_exactly_u_below_t():
+    """The model sees x0 on the prompt and the mask id exactly where u < t in the answer."""
+    x0, t, u = _batch()
+    stub = StubModel()
+    diffusion_loss(stub, x0, t, u)
+    (xt,) = stub.seen
+    assert torch.equal(xt[:, :PROMPT_LEN], x0[:, :PROMPT_LEN])
+    masked = u < t[:, None]
+    assert torch.equal(xt[:, PROMPT_LEN:] == MASK_ID, masked)
+    assert torch.equal(xt[:, PROMPT_LEN:][~masked], x0[:, PROMPT_LEN:][~masked])
+
+
+def test_a_model_that_knows_the_answer_has_near_zero_loss():
+    """Logits 30 on the true token: CE per token ≤ V e^-30, so the loss is tiny."""
+    x0, t, u = _batch()
+    loss = diffusion_loss(StubModel(target=x0, scale=30.0), x0, t, u)
+    assert 0 <= loss.item() < VOCAB_SIZE * math.exp(-30) / 1e-3
+
+
+def test_lr_schedule_warms_up_then_decays_to_the_floor():
+    cfg = TrainConfig(arch="llada", steps=400, warmup=40, lr=1e-3, min_lr_ratio=0.1)
+    lrs = [lr_at(s, cfg) for s in range(cfg.steps)]
+    assert all(a < b for a, b in zip(lrs[:39], lrs[1:40]))
+    assert all(a >= b for a, b in zip(lrs[39:], lrs[40:]))
+    assert math.isclose(max(lrs), 1e-3) and math.isclose(lrs[-1], 1e-4, rel_tol=1e-3)
+
+
+def test_training_batches_are_reproducible_and_balanced_over_tasks():
+    cfg = TrainConfig(arch="dream", batch_size=10)
+    a = batch_problems(cfg, 5)
+    assert a == batch_problems(cfg, 5) and a != batch_problems(cfg, 6)
+    counts = [sum(p.startswith(tag) for p, _ in a) for tag in ("A:", "S:", "P:")]
+    assert sorted(counts) == [3, 3, 4]
+
+
+def test_bad_train_config_raises_naming_the_argument():
+    with pytest.raises(ValueError, match="arch"):
+        TrainConfig(arch="gpt")
+    with pytest.raises(ValueError, match="eps"):
+        TrainConfig(arch="llada", eps=0.0)
+
+
+@pytest.mark.parametrize("arch", sorted(CHECKPOINTS))
+def test_shipped_checkpoints_load_strictly_with_the_toy_config(arch):
+    """fairref.models.load reads each shipped directory (strict names and shapes), the
+    architecture is the intended one (Dream with GQA, one model with d ≥ 256), and the
+    stored weights are bf16 within the 8 MB budget."""
+    path = CHECKPOINTS[arch]
+    model = load(path)
+    assert isinstance(model, LLaDAModel if arch == "llada" else DreamModel)
+    assert model.config.to_dict() == toy_config(arch).to_dict()
+    assert os.path.getsize(path / "model.safetensors") <= 8 * 2**20
+    from safetensors import safe_open
+
+    with safe_open(str(path / "model.safetensors"), framework="pt") as f:
+        assert all(f.get_tensor(k).dtype == torch.bfloat16 for k in f.keys())
+    if arch == "dream":
+        assert model.config.num_key_value_heads < model.config.num_attention_heads
+    assert toy_config("llada").d_model >= 256  # the task asks for one model with d >= 256
+
+
+def _completions(model, task, n):
+    """(prompt, decoded completion) for ``n`` held-out problems under the default sampler."""
+    from toy_models.char_tokenizer import decode_completion, encode_prompts
+    from toy_models.evaluate import SamplerConfig, generate
+
+    problems = make_problems(task, n, 99, split="heldout")
+    ids = encode_prompts([p for p, _ in problems])  # (n, P)
+    x = generate(model, ids, SamplerConfig())  # (n, P + G)
+    return [(p, decode_completion(row)) for (p, _), row in zip(problems, x[:, ids.shape[1]:])]
+
+
+def _accuracy(model, n):
+    return {t: [check(t, p, c) for p, c in _completions(model, t, n)] for t in TASKS}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", sorted(CHECKPOINTS))
+def test_shipped_models_sort_most_heldout_lists_and_answer_every_task_in_format(arch):
+    """A quick generation on 20 held-out problems per task. ``sort``: at least 12 of 20
+    exactly right (the report measures ~80% on 2000; a broken checkpoint or sampler path
+    scores ~0). ``add`` and ``psum`` are NOT learned within the CPU training budget (the
+    report shows ~0% exact match, README), so for them the claim checked is the weaker one
+    the models do meet: at least 18 of 20 completions are well-formed answers of the task's
+    length (a random model writes none)."""
+    torch.set_num_threads(1)
+    model = load(CHECKPOINTS[arch])
+    sort_ok = [check("sort", p, c) for p, c in _completions(model, "sort", 20)]
+    assert sum(sort_ok) >= 12, sum(sort_ok)
+    for task in ("add", "psum"):
+        formed = [parse_answer(task, c) is not None for _, c in _completions(model, task, 20)]
+        assert sum(formed) >= 18, (task, sum(formed))
+
+
+@pytest.mark.slow
+def test_w4a4_rtn_sorts_fewer_lists_than_w8a8():
+    """The regime the toy models are for: on 40 held-out sort problems W8A8 RTN keeps at
+    least as many exact answers as W4A4 RTN (the report measures the gap on 2000)."""
+    torch.set_num_threads(1)
+    fp = load(CHECKPOINTS["llada"])
+    n8 = sum(check("sort", p, c) for p, c in _completions(quantized_copy(fp, 8, 8), "sort", 40))
+    n4 = sum(check("sort", p, c) for p, c in _completions(quantized_copy(fp, 4, 4), "sort", 40))
+    assert n8 >= n4
