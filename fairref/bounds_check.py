@@ -77,7 +77,7 @@ def bounds_on_trace(teacher, student, trace: Trace, batch_size: int = 256,
         put(slots, kl=t1.measured, t1_l2=t1.bound_l2, t1_range=t1.bound_range,
             second_order=t1.second_order, t2_bound=t2.bound, t2_L=t2.L,
             t2_bound_global=t2.bound_global, flipped=fl.flipped, g=fl.g, m=fl.m, t4=fl.t4,
-            t4_prime=fl.t4_prime, t4_prime_hidden=lifted, frontier=frontier[sl][c],
+            t4_prime=fl.t4_prime, t4_via_t1=fl.t4_via_t1, t4_prime_hidden=lifted, frontier=frontier[sl][c],
             dh2=(dh[c] ** 2).sum(-1))
         # T4s per state: confidences over the L slots, −inf outside M_t ∩ A_t
         p_t = torch.softmax(z, -1)  # (b, L, V)
