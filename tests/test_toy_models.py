@@ -137,7 +137,7 @@ def _accuracy(model, n):
 @pytest.mark.parametrize("arch", sorted(CHECKPOINTS))
 def test_shipped_models_sort_most_heldout_lists_and_answer_every_task_in_format(arch):
     """A quick generation on 20 held-out problems per task. ``sort``: at least 12 of 20
-    exactly right (the report measures ~80% on 2000; a broken checkpoint or sampler path
+    exactly right (the report measures ~94% on 2000; a broken checkpoint or sampler path
     scores ~0). ``add`` and ``psum`` are NOT learned within the CPU training budget (the
     report shows ~0% exact match, README), so for them the claim checked is the weaker one
     the models do meet: at least 18 of 20 completions are well-formed answers of the task's
