@@ -105,3 +105,26 @@ def test_generate_rejects_a_prompt_longer_than_prompt_length(tmp_path, capsys):
     (ckpt / "generation_config.json").write_text(json.dumps({"prompt_length": 3}))
     assert main(["generate", "--model", str(ckpt), "--prompt", "12+3="]) == 2
     assert "prompt_length=3" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("arch", ["llada", "dream"])
+def test_generate_on_a_shipped_toy_model_matches_the_toy_evaluation(capsys, arch):
+    """`fairref generate --model toy_models/<arch>_toy` reproduces, from the checkpoint's
+    generation_config.json alone, the answers the toy-model report scores."""
+    from pathlib import Path
+
+    from toy_models.char_tokenizer import decode_completion, encode_prompts
+    from toy_models.evaluate import SamplerConfig, generate
+    from toy_models.tasks import make_problems
+
+    ckpt = Path(__file__).resolve().parents[1] / "toy_models" / f"{arch}_toy"
+    prompts = [p for p, _ in make_problems("sort", 3, seed=7, split="heldout")]
+    args = ["generate", "--model", str(ckpt)]
+    for p in prompts:
+        args += ["--prompt", p]
+    assert main(args) == 0
+    printed = capsys.readouterr().out.splitlines()
+    x = encode_prompts(prompts)  # (B, P)
+    with torch.no_grad():
+        ids = generate(load(ckpt), x, SamplerConfig())
+    assert printed == [decode_completion(row) for row in ids[:, x.shape[1]:]]

@@ -20,11 +20,13 @@ from pathlib import Path
 import torch
 
 from fairref.models import DreamConfig, LLaDAConfig, build, save
+from toy_models.evaluate import SamplerConfig
 from toy_models.char_tokenizer import (
     BOS_ID,
     EOS_ID,
     MASK_ID,
     PAD_ID,
+    PROMPT_LEN,
     VOCAB_SIZE,
     write_tokenizer,
 )
@@ -100,12 +102,22 @@ def build_toy(arch: str) -> torch.nn.Module:
     return model
 
 
+def generation_config() -> dict:
+    """The default sampler and the prompt format of the toy models, as ``fairref generate``
+    reads them from ``generation_config.json``: BOS first, prompts left-padded to the fixed
+    length P with visible pad tokens (as in training), G = 16 tokens in 8 steps, one block."""
+    cfg = SamplerConfig()  # the report's defaults: one source of truth
+    return {"steps": cfg.steps, "gen_length": cfg.gen_length, "block_length": cfg.block_length,
+            "alg": cfg.dream_alg, "add_bos": True, "prompt_length": PROMPT_LEN}
+
+
 def save_toy(model: torch.nn.Module, arch: str, out: str | Path, train_config: dict | None = None) -> Path:
     """Write the checkpoint directory: config.json, bf16 model.safetensors, tokenizer.json,
-    and ``train_config.json`` recording how it was trained."""
+    generation_config.json, and ``train_config.json`` recording how it was trained."""
     out = Path(out)
     save(model, out, dtype=torch.bfloat16, overwrite=True)
     write_tokenizer(out)
+    (out / "generation_config.json").write_text(json.dumps(generation_config(), indent=2) + "\n")
     if train_config is not None:
         (out / "train_config.json").write_text(json.dumps({"arch": arch, **train_config}, indent=2) + "\n")
     return out
