@@ -87,6 +87,10 @@ def summarize(r: dict) -> dict:
         "T1_holds": float((kl <= r["t1_l2"]).double().mean()),
         "T1_range_holds": float((kl <= r["t1_range"]).double().mean()),
         "T2_holds": float((kl <= r["t2_bound"]).double().mean()),
+        "T4_T4prime_hold": float(((r["flipped"].double() <= r["t4"])
+                                  & (r["flipped"].double() <= r["t4_prime"])
+                                  & (r["t4_prime"] <= r["t4_prime_hidden"] * (1 + 1e-12))
+                                  ).double().mean()),
         "KL_over_T1": quantiles(kl / r["t1_l2"]),
         "KL_over_T2": quantiles(kl / r["t2_bound"]),
         "second_order_over_KL": quantiles(r["second_order"] / kl),
@@ -125,13 +129,14 @@ def table(results: dict) -> str:
         "",
         "## Per-slot bounds (T1, T2) and the second-order term",
         "",
-        "| model | method | slots | T1 holds | T2 holds | KL/T1 median (max) | KL/T2 median (max) "
-        "| ½Var/KL median [p90] |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | method | slots | T1 holds | T2 holds | T4, T4′ hold | T4s holds "
+        "| KL/T1 median (max) | KL/T2 median (max) | ½Var/KL median [p90] |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (mdl, meth), s in results.items():
         lines.append(
             f"| {mdl} | {meth} | {s['slots']} | {s['T1_holds']:.1%} | {s['T2_holds']:.1%} | "
+            f"{s['T4_T4prime_hold']:.1%} | {s['T4s_holds']:.1%} | "
             f"{f(s['KL_over_T1']['median'])} ({f(s['KL_over_T1']['max'])}) | "
             f"{f(s['KL_over_T2']['median'])} ({f(s['KL_over_T2']['max'])}) | "
             f"{f(s['second_order_over_KL']['median'])} [{f(s['second_order_over_KL']['p90'])}] |")
