@@ -18,7 +18,6 @@ from test_bounds_strategies import EPS, kl_tol, log_softmax_err, logit_pairs
 
 from fairref.bounds import kl_divergence, kl_logit_bound
 
-torch.set_num_threads(1)
 REL = 1 + 64 * EPS  # relative rounding of a float64 sum of ≤ 2^16 squares, with room
 
 

@@ -18,7 +18,6 @@ from test_bounds_strategies import EPS, heads, hidden_states, kl_tol, lift_slack
 
 from fairref.bounds import hidden_lift_bound, lift_constant, rms_norm, spectral_norm
 
-torch.set_num_threads(1)
 REL = 1 + 256 * EPS  # SVD ‖W‖₂ (backward stable, ≤ c·max(V, d)·eps) and a few products
 
 

@@ -29,7 +29,6 @@ from fairref.bounds import (
     surrogate_bound,
 )
 
-torch.set_num_threads(1)
 REL = 1 + 256 * EPS  # SVD of ‖W‖₂, ‖M‖₂ and sums of ≤ 64 nonnegative terms
 
 

@@ -30,7 +30,6 @@ from test_bounds_strategies import (
 
 from fairref.bounds import flip_bounds, hidden_lift_bound, kl_divergence, rms_norm, set_flip_bound
 
-torch.set_num_threads(1)
 
 
 def _t(x):

@@ -184,7 +184,9 @@ def test_strategies_reach_the_hard_cases():
     """Each hard case is reachable: an exact tie, a 1e-12 near tie, a one-hot, |z| ≥ 1e3."""
     from hypothesis import find
 
-    find(logits(), lambda z: np.sort(z)[-1] == np.sort(z)[-2])
-    find(logits(), lambda z: 0 < np.sort(z)[-1] - np.sort(z)[-2] < 1e-10)
-    find(logits(), lambda z: np.sort(z)[-1] - np.sort(z)[-2] > 600)
-    find(logits(), lambda z: np.abs(z).max() >= 1e3)
+    # find() raises NoSuchExample when no generated input satisfies the predicate
+    gap = lambda z: np.sort(z)[-1] - np.sort(z)[-2]  # noqa: E731
+    assert gap(find(logits(), lambda z: gap(z) == 0)) == 0
+    assert 0 < gap(find(logits(), lambda z: 0 < gap(z) < 1e-10)) < 1e-10
+    assert gap(find(logits(), lambda z: gap(z) > 600)) > 600
+    assert np.abs(find(logits(), lambda z: np.abs(z).max() >= 1e3)).max() >= 1e3

@@ -11,7 +11,6 @@ order. Models are tiny random modules whose logits depend on the whole sequence.
 """
 
 import numpy as np
-import pytest
 import torch
 import torch.distributions as dists
 import torch.nn.functional as Fn
@@ -19,16 +18,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fairref.diffusion import dream_generate, llada_generate
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: one intra-op thread avoids thread-pool contention on the
-    shared 2-core CI machine (restored afterwards for other modules)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 V, MASK = 12, 11  # vocabulary and mask id of the test models

@@ -15,16 +15,6 @@ from hypothesis import strategies as st
 from fairref.diffusion import dream_generate, llada_generate
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: one intra-op thread avoids thread-pool contention on the
-    shared 2-core CI machine (restored afterwards for other modules)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 V, MASK = 10, 9
 ALGS = ["origin", "maskgit_plus", "topk_margin", "entropy"]
 

@@ -23,15 +23,6 @@ V, MASK = 10, 9
 ALGS = ["origin", "maskgit_plus", "topk_margin", "entropy"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids thread-pool contention on 2 shared cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class ContextLM:
     """Random logits depending on the whole sequence (masked mean of embeddings) and the
     position; the mask id is never proposed, so every generated position gets a token."""

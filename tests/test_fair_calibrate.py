@@ -14,7 +14,7 @@ import torch
 
 from fairref.fair import CalibConfig, quantize_model
 from fairref.models import DreamConfig, LLaDAConfig, random_model
-from fairref.quant import QuantSpec, fake_quantize, gptq_quantize, hessian, quantize_linears, rotation
+from fairref.quant import fake_quantize, gptq_quantize, hessian, quantize_linears, rotation
 
 V = 24
 

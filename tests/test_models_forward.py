@@ -65,7 +65,6 @@ def _rope(x, theta):
 
 def _attend(xn, W, cfg, key_ok):
     """Multi-head bidirectional attention for one sequence xn (L, d), explicit softmax."""
-    L = xn.shape[0]
     H, Hk, hd, theta = cfg["H"], cfg["Hk"], cfg["hd"], cfg["theta"]
     q = xn @ W["q"].T + W.get("qb", 0)
     k = xn @ W["k"].T + W.get("kb", 0)

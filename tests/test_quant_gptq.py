@@ -21,16 +21,6 @@ from gptq_oracle import gptq_oracle
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These problems are tiny (K ≤ 64): with 2 threads on a busy 2-core machine, each small
-    LAPACK call pays a thread hand-off of milliseconds, so run this module single-threaded."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 CONFIGS = [  # (spec, solver kwargs, oracle kwargs): every code path of the solver
     (QuantSpec(), {}, {}),
     (QuantSpec(), {"act_order": True}, {"act_order": True}),

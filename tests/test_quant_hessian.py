@@ -16,15 +16,6 @@ from fairref.quant import HessianAccumulator, QuantSpec, gptq_quantize, hessian
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny problems: avoid the 2-thread hand-off cost of small LAPACK calls (see test_quant_gptq)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @given(st.integers(0, 2**32 - 1), st.integers(1, 40), st.integers(1, 12))
 def test_hessian_is_twice_the_weighted_second_moment(seed, T, K):
     """H = 2 Σ w x xᵀ / Σ w: compare with an explicit per-token loop in float64."""

@@ -142,7 +142,6 @@ def test_shipped_models_sort_most_heldout_lists_and_answer_every_task_in_format(
     report shows ~0% exact match, README), so for them the claim checked is the weaker one
     the models do meet: at least 18 of 20 completions are well-formed answers of the task's
     length (a random model writes none)."""
-    torch.set_num_threads(1)
     model = load(CHECKPOINTS[arch])
     sort_ok = [check("sort", p, c) for p, c in _completions(model, "sort", 20)]
     assert sum(sort_ok) >= 12, sum(sort_ok)
@@ -155,7 +154,6 @@ def test_shipped_models_sort_most_heldout_lists_and_answer_every_task_in_format(
 def test_w4a4_rtn_sorts_fewer_lists_than_w8a8():
     """The regime the toy models are for: on 40 held-out sort problems W8A8 RTN keeps at
     least as many exact answers as W4A4 RTN (the report measures the gap on 2000)."""
-    torch.set_num_threads(1)
     fp = load(CHECKPOINTS["llada"])
     n8 = sum(check("sort", p, c) for p, c in _completions(quantized_copy(fp, 8, 8), "sort", 40))
     n4 = sum(check("sort", p, c) for p, c in _completions(quantized_copy(fp, 4, 4), "sort", 40))

@@ -43,7 +43,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from toy_models.char_tokenizer import (
-    GEN_LEN,
     MASK_ID,
     PROMPT_LEN,
     encode_answers,
