@@ -107,6 +107,17 @@ def _generation_defaults(model_dir: Path) -> dict:
     return out
 
 
+def _warn_unknown(tok, prompts: list[str]) -> None:
+    """Say which parts of a prompt the tokenizer could only map to its unknown token."""
+    unk = getattr(tok.tokenizer.model, "unk_token", None)
+    for p in prompts:
+        enc = tok.tokenizer.encode(p, add_special_tokens=False)
+        bad = [p[a:b] for t, (a, b) in zip(enc.tokens, enc.offsets) if unk and t == unk]
+        if bad:
+            print(f"warning: prompt {p!r}: {bad} are not in the model's vocabulary and were "
+                  f"encoded as {unk}", file=sys.stderr)
+
+
 def _run_generate(args: argparse.Namespace) -> int:
     import torch
 
@@ -124,6 +135,7 @@ def _run_generate(args: argparse.Namespace) -> int:
     G = args.gen_length or d["gen_length"]
     bos = [tok.bos_token_id] if d["add_bos"] and tok.bos_token_id is not None else []
     encoded = [bos + tok.encode(p) for p in args.prompt]
+    _warn_unknown(tok, args.prompt)
     P = max(len(e) for e in encoded)
     fixed = d["prompt_length"]
     if fixed is not None and P > fixed:

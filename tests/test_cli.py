@@ -128,3 +128,11 @@ def test_generate_on_a_shipped_toy_model_matches_the_toy_evaluation(capsys, arch
     with torch.no_grad():
         ids = generate(load(ckpt), x, SamplerConfig())
     assert printed == [decode_completion(row) for row in ids[:, x.shape[1]:]]
+
+
+def test_generate_warns_about_characters_outside_the_vocabulary(tmp_path, capsys):
+    ckpt = _write_checkpoint(tmp_path / "m", "llada")
+    assert main(["generate", "--model", str(ckpt), "--prompt", "12#3=", "--steps", "2",
+                 "--gen-length", "4"]) == 0
+    err = capsys.readouterr().err
+    assert "'#'" in err and "<|unk|>" in err
