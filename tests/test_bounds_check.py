@@ -9,7 +9,8 @@ import torch
 from fairref.bounds_check import bounds_on_trace
 from fairref.diffusion import dream_generate, llada_generate
 from fairref.fair import CalibConfig, quantize_model
-from fairref.models import DreamConfig, LLaDAConfig, random_model
+from fairref.models import random_model
+from tiny import tiny_config
 
 V = 20
 # float64 rounding of a KL built from O(10) logits: ~1e-15 absolute; 1e-12 leaves margin
@@ -18,15 +19,7 @@ ATOL = 1e-12
 
 
 def _pair(arch):
-    if arch == "llada":
-        cfg = LLaDAConfig(d_model=32, n_heads=4, n_kv_heads=4, n_layers=2, mlp_hidden_size=48,
-                          vocab_size=V, embedding_size=V, mask_token_id=V - 1,
-                          eos_token_id=V - 2, pad_token_id=V - 2, max_sequence_length=32)
-    else:
-        cfg = DreamConfig(hidden_size=32, intermediate_size=48, num_attention_heads=4,
-                          num_key_value_heads=2, num_hidden_layers=2, vocab_size=V,
-                          max_position_embeddings=32, mask_token_id=V - 1, bos_token_id=V - 2,
-                          eos_token_id=V - 2, pad_token_id=V - 2)
+    cfg = tiny_config(arch, V, mask=V - 1, eos=V - 2, pad=V - 2, L_max=32)
     teacher = random_model(cfg, seed=0, std=0.3).eval()
     student = copy.deepcopy(teacher)
     quantize_model(student, config=CalibConfig(solver="rtn"))

@@ -8,7 +8,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
 from fairref.cli import main
 from fairref.diffusion import Trace, dream_generate, llada_generate
-from fairref.models import DreamConfig, LLaDAConfig, load, random_model, save
+from fairref.models import load, random_model, save
+from tiny import tiny_config
 
 CHARS = list("0123456789+=abc")
 SPECIALS = ["<|pad|>", "<|eos|>", "<|mask|>", "<|unk|>", "<|bos|>"]
@@ -17,15 +18,7 @@ PAD, EOS, MASK, BOS = 0, 1, 2, 4
 
 
 def _write_checkpoint(path, arch):
-    if arch == "llada":
-        cfg = LLaDAConfig(d_model=32, n_heads=4, n_kv_heads=4, n_layers=2, mlp_hidden_size=48,
-                          vocab_size=V, embedding_size=V, mask_token_id=MASK, eos_token_id=EOS,
-                          pad_token_id=PAD, max_sequence_length=64)
-    else:
-        cfg = DreamConfig(hidden_size=32, intermediate_size=48, num_attention_heads=4,
-                          num_key_value_heads=2, num_hidden_layers=2, vocab_size=V,
-                          max_position_embeddings=64, mask_token_id=MASK, bos_token_id=EOS,
-                          eos_token_id=EOS, pad_token_id=PAD)
+    cfg = tiny_config(arch, V, mask=MASK, eos=EOS, pad=PAD, bos=BOS)
     save(random_model(cfg, seed=0, std=0.3), path)
     vocab = {t: i for i, t in enumerate(SPECIALS + CHARS)}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<|unk|>"))

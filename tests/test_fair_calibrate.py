@@ -13,22 +13,15 @@ import pytest
 import torch
 
 from fairref.fair import CalibConfig, quantize_model
-from fairref.models import DreamConfig, LLaDAConfig, random_model
+from fairref.models import random_model
 from fairref.quant import fake_quantize, gptq_quantize, hessian, quantize_linears, rotation
+from tiny import tiny_config
 
 V = 24
 
 
 def _model(arch: str, seed: int = 0):
-    if arch == "llada":
-        cfg = LLaDAConfig(d_model=32, n_heads=4, n_kv_heads=4, n_layers=2, mlp_hidden_size=48,
-                          vocab_size=V, embedding_size=V, mask_token_id=V - 1, eos_token_id=V - 2,
-                          pad_token_id=V - 2, max_sequence_length=32)
-    else:
-        cfg = DreamConfig(hidden_size=32, intermediate_size=48, num_attention_heads=4,
-                          num_key_value_heads=2, num_hidden_layers=2, vocab_size=V,
-                          max_position_embeddings=32, mask_token_id=V - 1, bos_token_id=V - 2,
-                          eos_token_id=V - 2, pad_token_id=V - 2)
+    cfg = tiny_config(arch, V, mask=V - 1, eos=V - 2, pad=V - 2, L_max=32)
     return random_model(cfg, seed=seed, std=0.3).eval()
 
 
