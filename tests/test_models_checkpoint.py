@@ -15,20 +15,7 @@ from safetensors.torch import save_file
 
 from fairref.models import DreamModel, LLaDAModel, load, random_model, save
 from fairref.models.config import config_from_dict
-
-DATA = Path(__file__).parent / "models"
-LLADA_TINY = dict(d_model=32, n_heads=4, n_kv_heads=4, n_layers=2, mlp_hidden_size=48,
-                  vocab_size=40, embedding_size=48, mask_token_id=39, eos_token_id=38,
-                  pad_token_id=38, max_sequence_length=64)
-DREAM_TINY = dict(hidden_size=32, intermediate_size=48, num_attention_heads=4,
-                  num_key_value_heads=2, num_hidden_layers=2, vocab_size=48, mask_token_id=47,
-                  bos_token_id=46, eos_token_id=46, pad_token_id=46, max_position_embeddings=64)
-
-
-def tiny_raw(arch: str) -> dict:
-    name, sizes = {"llada": ("llada-8b-instruct.config.json", LLADA_TINY),
-                   "dream": ("dream-v0-instruct-7b.config.json", DREAM_TINY)}[arch]
-    return {**json.loads((DATA / name).read_text()), **sizes}
+from tiny import DATA, tiny_raw
 
 
 def public_shapes(arch: str) -> dict[str, tuple]:

@@ -4,9 +4,7 @@ Dream shift, block-wise composition, GQA, and quantizer-swappable linears.
 Legend: B batch, L sequence length, d hidden size, V vocabulary rows, hd head size."""
 
 import dataclasses
-import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,22 +13,10 @@ from hypothesis import strategies as st
 from torch import nn
 
 from fairref.models import DreamModel, LLaDAModel, MaskedDiffusionLM, config_from_dict, random_model
-
-DATA = Path(__file__).parent / "models"
-
-# Tiny sizes written into the *real* files' key sets (everything else stays as published).
-LLADA_TINY = dict(d_model=32, n_heads=4, n_kv_heads=4, n_layers=2, mlp_hidden_size=48,
-                  vocab_size=40, embedding_size=48, mask_token_id=39, eos_token_id=38,
-                  pad_token_id=38, max_sequence_length=64)
-DREAM_TINY = dict(hidden_size=32, intermediate_size=48, num_attention_heads=4,
-                  num_key_value_heads=2, num_hidden_layers=2, vocab_size=48, mask_token_id=47,
-                  bos_token_id=46, eos_token_id=46, pad_token_id=46, max_position_embeddings=64)
-
+from tiny import tiny_raw
 
 def tiny_config(arch: str, **over):
-    name, sizes = {"llada": ("llada-8b-instruct.config.json", LLADA_TINY),
-                   "dream": ("dream-v0-instruct-7b.config.json", DREAM_TINY)}[arch]
-    return config_from_dict({**json.loads((DATA / name).read_text()), **sizes, **over})
+    return config_from_dict({**tiny_raw(arch), **over})
 
 
 def tiny_model(arch: str, dtype=torch.float64, seed=0, std=0.3, **over):
