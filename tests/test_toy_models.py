@@ -15,7 +15,7 @@ from fairref.models import DreamModel, LLaDAModel, load
 from toy_models.char_tokenizer import GEN_LEN, MASK_ID, PROMPT_LEN, VOCAB_SIZE
 from toy_models.presets import toy_config
 from toy_models.report import CHECKPOINTS, quantized_copy
-from toy_models.tasks import TASKS, check, make_problems, parse_answer
+from toy_models.tasks import TASKS, check, make_problems
 from toy_models.train import TrainConfig, batch_problems, diffusion_loss, encode_batch, lr_at
 
 
@@ -88,8 +88,23 @@ def test_training_batches_are_reproducible_and_balanced_over_tasks():
     cfg = TrainConfig(arch="dream", batch_size=10)
     a = batch_problems(cfg, 5)
     assert a == batch_problems(cfg, 5) and a != batch_problems(cfg, 6)
-    counts = [sum(p.startswith(tag) for p, _ in a) for tag in ("A:", "S:", "P:")]
+    counts = [sum(p.startswith(tag) for p, _ in a) for tag in ("C:", "S:", "M:")]
     assert sorted(counts) == [3, 3, 4]
+
+
+@pytest.mark.parametrize("weights,batch,want", [
+    ((1, 2, 1), 96, [24, 48, 24]),
+    ((1, 2, 1), 10, [3, 5, 2]),  # unit 2 → 2, 4, 2; remainder 2 → +1 to the first two tasks
+    ((3, 1, 1), 5, [3, 1, 1]),
+    ((0, 1, 0), 7, [0, 7, 0]),  # a phase that trains one task only
+    ((0, 2, 1), 8, [0, 5, 3]),  # unit 2 → 4, 2; remainder 2 → +1 to each weighted task
+])
+def test_task_weights_split_the_batch_in_proportion(weights, batch, want):
+    """Each task gets unit·w rows (unit = batch // Σw), the remainder one row at a time to
+    the first tasks; counted here from the prompt tags."""
+    cfg = TrainConfig(arch="llada", batch_size=batch, task_weights=weights)
+    a = batch_problems(cfg, 0)
+    assert [sum(p.startswith(tag) for p, _ in a) for tag in ("C:", "S:", "M:")] == want
 
 
 def test_bad_train_config_raises_naming_the_argument():
@@ -97,6 +112,14 @@ def test_bad_train_config_raises_naming_the_argument():
         TrainConfig(arch="gpt")
     with pytest.raises(ValueError, match="eps"):
         TrainConfig(arch="llada", eps=0.0)
+    with pytest.raises(ValueError, match="task_weights"):
+        TrainConfig(arch="llada", task_weights=(1, 2))
+    with pytest.raises(ValueError, match="task_weights"):
+        TrainConfig(arch="llada", task_weights=(0, 0, 0))
+    with pytest.raises(ValueError, match="task_weights"):
+        TrainConfig(arch="llada", task_weights=(1, -1, 1))
+    with pytest.raises(ValueError, match="sum"):
+        TrainConfig(arch="llada", batch_size=3, task_weights=(1, 2, 1))
 
 
 @pytest.mark.parametrize("arch", sorted(CHECKPOINTS))
@@ -135,26 +158,22 @@ def _accuracy(model, n):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", sorted(CHECKPOINTS))
-def test_shipped_models_sort_most_heldout_lists_and_answer_every_task_in_format(arch):
-    """A quick generation on 20 held-out problems per task. ``sort``: at least 12 of 20
-    exactly right (the report measures ~94% on 2000; a broken checkpoint or sampler path
-    scores ~0). ``add`` and ``psum`` are NOT learned within the CPU training budget (the
-    report shows ~0% exact match, README), so for them the claim checked is the weaker one
-    the models do meet: at least 18 of 20 completions are well-formed answers of the task's
-    length (a random model writes none)."""
+def test_shipped_models_solve_most_heldout_problems_of_every_task(arch):
+    """A quick generation on 20 held-out problems per task under the default sampler: at
+    least 15 of 20 exactly right on every task (the report measures ≥ 85% on 2000; a broken
+    checkpoint, tokenizer or sampler path scores ~0, and a model trained on another task
+    layout fails the format check)."""
     model = load(CHECKPOINTS[arch])
-    sort_ok = [check("sort", p, c) for p, c in _completions(model, "sort", 20)]
-    assert sum(sort_ok) >= 12, sum(sort_ok)
-    for task in ("add", "psum"):
-        formed = [parse_answer(task, c) is not None for _, c in _completions(model, task, 20)]
-        assert sum(formed) >= 18, (task, sum(formed))
+    for task, ok in _accuracy(model, 20).items():
+        assert sum(ok) >= 15, (task, sum(ok))
 
 
 @pytest.mark.slow
 def test_w4a4_rtn_sorts_fewer_lists_than_w8a8():
-    """The regime the toy models are for: on 40 held-out sort problems W8A8 RTN keeps at
-    least as many exact answers as W4A4 RTN (the report measures the gap on 2000)."""
+    """The regime the toy models are for: on 60 held-out sort problems (the task on which
+    the report measures LLaDA 97% at W8A8 against 87% at W4A4, on 2000) W8A8 RTN keeps
+    more exact answers than W4A4 RTN."""
     fp = load(CHECKPOINTS["llada"])
-    n8 = sum(check("sort", p, c) for p, c in _completions(quantized_copy(fp, 8, 8), "sort", 40))
-    n4 = sum(check("sort", p, c) for p, c in _completions(quantized_copy(fp, 4, 4), "sort", 40))
-    assert n8 >= n4
+    n8 = sum(check("sort", p, c) for p, c in _completions(quantized_copy(fp, 8, 8), "sort", 60))
+    n4 = sum(check("sort", p, c) for p, c in _completions(quantized_copy(fp, 4, 4), "sort", 60))
+    assert n8 > n4, (n8, n4)

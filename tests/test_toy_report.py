@@ -86,3 +86,29 @@ def test_bootstrap_interval_contains_the_mean_and_shrinks_with_n():
     lo2, hi2 = bootstrap_ci(ok * 20)
     assert hi2 - lo2 < hi - lo
     assert bootstrap_ci([True] * 10) == (1.0, 1.0)
+
+
+def test_frontier_stats_on_a_hand_built_step():
+    """One step, one row, five answer positions, k_t = 2: the margins are those of the two
+    committed positions, the gap is the 2nd minus the 3rd highest confidence among the
+    masked active candidates (an inactive position is ignored even when it is the most
+    confident), and the recorded confidence is the 2nd highest. Worked out by hand."""
+    from types import SimpleNamespace
+
+    from toy_models.evaluate import frontier_stats
+
+    conf = torch.tensor([[[0.95, 0.90, 0.50, 0.99, 0.999]]])  # (T=1, B=1, L=5)
+    masked = torch.tensor([[[True, True, True, True, True]]])
+    active = torch.tensor([[[True, True, True, True, False]]])  # the 0.999 one is outside
+    committed = torch.tensor([[[True, False, False, True, False]]])  # top-2 of the active
+    p1 = conf.clone()
+    p2 = torch.tensor([[[0.04, 0.05, 0.30, 0.005, 0.0]]])
+    trace = SimpleNamespace(conf=conf, masked=masked, active=active, committed=committed,
+                            p1=p1, p2=p2, k=torch.tensor([[2]]))
+    margins, gaps, last = frontier_stats(trace)
+    assert margins == pytest.approx([0.95 - 0.04, 0.99 - 0.005])
+    assert gaps == pytest.approx([0.95 - 0.90])
+    assert last == pytest.approx([0.95])
+    # a step that commits every candidate leaves no gap behind
+    trace.k = torch.tensor([[4]])
+    assert frontier_stats(trace)[1] == []

@@ -26,16 +26,21 @@ from toy_models.tasks import (
 
 
 def oracle_answer(task: str, prompt: str) -> str:
-    """An independent solver: parse with a regex, compute with Counter / ints / a cumsum."""
-    if task == "add":
-        a, b = re.fullmatch(r"A:(\d{6})\+(\d{6})=", prompt).groups()
-        return str(int(a) + int(b)).zfill(7)
-    body = re.fullmatch(r"[SP]:(\d+)=", prompt).group(1)
+    """An independent solver: parse with a regex, then schoolbook carrying from the right
+    (carry), Counter (sort), prefix maxima by slicing (cmax)."""
+    if task == "carry":
+        cols = re.fullmatch(r"C:([0-9a-i]{12})=", prompt).group(1)
+        out, c = [], 0
+        for ch in reversed(cols):  # least significant column first
+            s = int(ch, 36) + c  # int(..., 36): "a" is 10 ... "i" is 18
+            out.append(str(s % 10))
+            c = s // 10
+        return str(c) + "".join(reversed(out))
+    body = re.fullmatch(r"[SM]:(\d+)=", prompt).group(1)
     if task == "sort":
         c = Counter(body)
         return "".join(d * c[d] for d in "0123456789")
-    digits = [int(d) for d in body]
-    return "".join(str(sum(digits[: j + 1]) % 10) for j in range(len(digits)))
+    return "".join(max(body[: j + 1]) for j in range(len(body)))
 
 
 def oracle_heldout(prompt: str) -> bool:
@@ -76,18 +81,20 @@ def test_answers_agree_with_an_independent_oracle_and_fit_the_layout(task):
 
 
 def test_generators_reach_the_hard_cases():
-    """The cases that make commits consequential occur: a carry into the 7th digit and
-    5-digit operands (add), duplicates in every list (sort), running sums that wrap (psum)."""
-    add = make_problems("add", 500, seed=1)
-    assert any(a[0] == "1" for _, a in add) and any(a[0] == "0" for _, a in add)
-    assert any(re.search(r"[:+]0", p) for p, _ in add)  # a zero-padded 5-digit operand
+    """The cases that make commits consequential occur: a carry out of the top column and
+    carries passed through runs of three or more 9-columns (carry), duplicates in every list
+    (sort), a running maximum that climbs at least three times (cmax)."""
+    carry = make_problems("carry", 500, seed=1)
+    assert any(a[0] == "1" for _, a in carry) and any(a[0] == "0" for _, a in carry)
+    # a run of 9-columns whose carry-in is 1: its digits all read 0 in the answer
+    assert any(re.search(r"[a-i]999", p) and "000" in a for p, a in carry)
+    assert all(set(p[2:-1]) <= set("0123456789abcdefghi") for p, _ in carry)
     for p, _ in make_problems("sort", 200, seed=1):
         body = p[2:-1]
         assert len(set(body)) < len(body)  # always duplicates
     assert {len(p) - 3 for p, _ in make_problems("sort", 500, seed=1)} == set(range(8, 13))
-    wraps = [any(int(a[j]) < int(a[j - 1]) for j in range(1, len(a)))
-             for _, a in make_problems("psum", 100, seed=1)]
-    assert all(wraps)  # 12 random digits always wrap past 9 somewhere
+    climbs = [len(set(a)) for _, a in make_problems("cmax", 200, seed=1)]
+    assert min(climbs) >= 2 and sum(c >= 4 for c in climbs) > 100
 
 
 @given(
@@ -122,8 +129,8 @@ def test_checker_rejects_every_corrupted_answer(task, seed, pos, kind):
 
 @pytest.mark.parametrize(
     "task,completion",
-    [("add", ""), ("add", "123456"), ("add", "012345a"), ("sort", "1\x002"), ("psum", "12"),
-     ("psum", "")],
+    [("carry", ""), ("carry", "123456789012"), ("carry", "012345678901a"), ("sort", "1\x002"),
+     ("cmax", "12"), ("cmax", "")],
 )
 def test_parser_rejects_malformed_completions(task, completion):
     """Empty, wrong-length, non-digit or mask-holding completions parse to None."""
@@ -134,6 +141,6 @@ def test_bad_arguments_raise_value_errors_naming_them():
     with pytest.raises(ValueError, match="task"):
         make_problems("rev", 1, 0)
     with pytest.raises(ValueError, match="split"):
-        make_problems("add", 1, 0, split="test")
+        make_problems("carry", 1, 0, split="test")
     with pytest.raises(ValueError, match="n must"):
-        make_problems("add", -1, 0)
+        make_problems("carry", -1, 0)

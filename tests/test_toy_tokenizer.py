@@ -78,7 +78,7 @@ def test_special_tokens_are_single_ids_and_skippable(tok_dir):
 
 def test_fixed_length_encoding_left_pads_prompts_and_eos_pads_answers():
     """Prompts: pads, BOS, characters (length P); answers: characters, EOS up to G."""
-    (p, a), = make_problems("psum", 1, seed=0)
+    (p, a), = make_problems("cmax", 1, seed=0)
     x = encode_prompts([p])[0]
     y = encode_answers([a])[0]
     n_pad = PROMPT_LEN - 1 - len(p)
@@ -86,7 +86,7 @@ def test_fixed_length_encoding_left_pads_prompts_and_eos_pads_answers():
     assert y.tolist() == [vocab()[c] for c in a] + [EOS_ID] * (GEN_LEN - len(a))
     assert decode_completion(y) == a
     with pytest.raises(ValueError, match="outside the task alphabet"):
-        encode_prompts(["P:12?="])
+        encode_prompts(["M:12?="])
 
 
 def test_a_mask_before_eos_makes_a_completion_wrong():

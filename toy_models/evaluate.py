@@ -12,7 +12,10 @@ decisions are (SPEC §3.1, §6 T4/T4s):
 - the commit margins g = p(1) − p(2) of every committed position (t, i ∈ F_t);
 - the step gaps: at every step with k_t > 0 and candidates left behind, the difference
   between the k_t-th and the (k_t+1)-th highest confidence among M_t ∩ A_t (the gap_t of
-  T4s: how far the last committed candidate was ahead of the first one left masked).
+  T4s: how far the last committed candidate was ahead of the first one left masked),
+  together with that k_t-th confidence itself. A small gap between two near-certain
+  candidates (EOS padding, digits the model is sure of) is a tie that cannot matter; a
+  small gap below a confidence of 0.9 is a contested choice of *which* position to write.
 
 Legend: T steps, B batch, P prompt length, G generation length, L = P + G.
 """
@@ -53,6 +56,7 @@ class FrontierStats:
 
     margins: list[float] = field(default_factory=list)
     gaps: list[float] = field(default_factory=list)
+    last_conf: list[float] = field(default_factory=list)  # the k_t-th confidence, per gap
 
 
 def generate(model, prompt_ids: Tensor, cfg: SamplerConfig, record: bool = False):
@@ -69,8 +73,9 @@ def generate(model, prompt_ids: Tensor, cfg: SamplerConfig, record: bool = False
     )
 
 
-def frontier_stats(trace) -> tuple[list[float], list[float]]:
-    """Commit margins and step gaps of one recorded run (module docstring)."""
+def frontier_stats(trace) -> tuple[list[float], list[float], list[float]]:
+    """Commit margins, step gaps and the k_t-th confidence of each gap, of one recorded run
+    (module docstring)."""
     margin = (trace.p1 - trace.p2).double()  # (T, B, L) probability margin
     margins = margin[trace.committed].tolist()
     cand = trace.masked & trace.active  # (T, B, L): M_t ∩ A_t
@@ -83,7 +88,7 @@ def frontier_stats(trace) -> tuple[list[float], list[float]]:
     last_in = srt.gather(-1, kk - 1)[..., 0]  # (T, B): k_t-th confidence
     first_out = srt.gather(-1, kk.clamp(max=srt.shape[-1] - 1))[..., 0]  # (k_t+1)-th
     gaps = (last_in - first_out)[has_gap].tolist()
-    return margins, gaps
+    return margins, gaps, last_in[has_gap].tolist()
 
 
 @torch.no_grad()
@@ -102,9 +107,10 @@ def run_task(
             x = generate(model, prompt_ids, cfg)  # (b, L)
         else:
             x, trace = generate(model, prompt_ids, cfg, record=True)
-            m, g = frontier_stats(trace)
+            m, g, c = frontier_stats(trace)
             stats.margins += m
             stats.gaps += g
+            stats.last_conf += c
         ok += [check(task, p, decode_completion(row)) for (p, _), row in zip(part, x[:, P:])]
     return ok
 

@@ -7,8 +7,11 @@ problems with the default sampler (``evaluate.SamplerConfig``):
 1. full-precision exact-match accuracy (SPEC §5 task accuracy) with a 95% bootstrap
    interval (1000 resamples over problems);
 2. the teacher's frontier statistics (SPEC §3.1, §6 T4/T4s): the fraction of commits whose
-   probability margin p(1) − p(2) is below 0.5, and the fraction of steps whose gap between
-   the last committed and the first uncommitted confidence is below ``GAP_SMALL``;
+   probability margin p(1) − p(2) is below 0.5, the fraction of steps whose gap between
+   the last committed and the first uncommitted confidence is below ``GAP_SMALL``, and the
+   fraction of steps with such a small gap *contested*: the last committed candidate's
+   confidence below ``CONF_SURE`` (a small gap between near-certain candidates, such as EOS
+   padding, is a tie that cannot change the answer);
 3. accuracy after round-to-nearest quantization at W8A8, W4A8 and W4A4 (SPEC §1): every
    linear inside the blocks replaced by a fake-quant RTN linear with a normalized Sylvester
    (block-)Hadamard rotation R (x R, W R), weights per output channel symmetric
@@ -60,6 +63,8 @@ SCHEMES: dict[str, tuple[int, int]] = {"W8A8": (8, 8), "W4A8": (4, 8), "W4A4": (
 MARGIN_SMALL = 0.5
 #: a step's gap between the last committed and first uncommitted confidence is "small" below this
 GAP_SMALL = 0.1
+#: a small gap is "contested" when the last committed candidate's confidence is below this
+CONF_SURE = 0.9
 #: seed of the held-out problems (the split itself is fixed by the prompt hash)
 HELDOUT_SEED = 2026
 
@@ -159,6 +164,7 @@ def evaluate_model(arch: str, path: Path, n: int, cfg: SamplerConfig, log=print,
 def frontier_summary(stats: FrontierStats) -> dict:
     """Fractions and quantiles of the commit margins and step gaps (module docstring)."""
     m, g = np.asarray(stats.margins), np.asarray(stats.gaps)
+    c = np.asarray(stats.last_conf)
     return {
         "commits": int(m.size),
         "frac_margin_below_0.5": float((m < MARGIN_SMALL).mean()),
@@ -166,6 +172,7 @@ def frontier_summary(stats: FrontierStats) -> dict:
         "steps_with_gap": int(g.size),
         f"frac_gap_below_{GAP_SMALL}": float((g < GAP_SMALL).mean()),
         "gap_quantiles_10_25_50": [float(v) for v in np.quantile(g, [0.1, 0.25, 0.5])],
+        f"frac_contested_gap_below_{GAP_SMALL}": float(((g < GAP_SMALL) & (c < CONF_SURE)).mean()),
     }
 
 
@@ -182,8 +189,8 @@ def markdown(results: list[dict], cfg: SamplerConfig) -> str:
         "bootstrap interval over problems.",
         "",
         "| model | task | FP | W8A8 | W4A8 | W4A4 | commits with margin < 0.5 | "
-        f"steps with gap < {GAP_SMALL} |",
-        "|---|---|---|---|---|---|---|---|",
+        f"steps with gap < {GAP_SMALL} | steps with a contested gap (conf < {CONF_SURE}) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         for task, row in r["tasks"].items():
@@ -195,8 +202,10 @@ def markdown(results: list[dict], cfg: SamplerConfig) -> str:
                 lo, hi = row[s]["ci95"]
                 cells.append(f"{100 * row[s]['acc']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]")
             f = row.get("frontier")
-            tail = "– | –" if f is None else (
-                f"{100 * f['frac_margin_below_0.5']:.1f}% | {100 * f[f'frac_gap_below_{GAP_SMALL}']:.1f}%"
+            tail = "– | – | –" if f is None else (
+                f"{100 * f['frac_margin_below_0.5']:.1f}% | "
+                f"{100 * f[f'frac_gap_below_{GAP_SMALL}']:.1f}% | "
+                f"{100 * f[f'frac_contested_gap_below_{GAP_SMALL}']:.1f}%"
             )
             lines.append(f"| {r['arch']} | {task} | " + " | ".join(cells) + f" | {tail} |")
     return "\n".join(lines) + "\n"

@@ -57,7 +57,8 @@ class TrainConfig:
 
     arch: str  # "llada" or "dream" (the preset in toy_models.presets)
     steps: int = 1000  # optimizer steps (~20 min per model on a contended core)
-    batch_size: int = 96  # sequences per step, split evenly over the tasks
+    batch_size: int = 96  # sequences per step, split over the tasks by task_weights
+    task_weights: tuple[int, ...] = (1, 1, 1)  # relative share of each task in TASKS
     lr: float = 2.5e-3  # peak AdamW learning rate (tiny models tolerate a high rate)
     min_lr_ratio: float = 0.05  # cosine schedule ends at lr * min_lr_ratio
     warmup: int = 100  # linear warm-up steps
@@ -76,6 +77,17 @@ class TrainConfig:
                 f"need steps >= 1 and batch_size >= {len(TASKS)} (one row per task), "
                 f"got steps={self.steps}, batch_size={self.batch_size}"
             )
+        if (len(self.task_weights) != len(TASKS) or min(self.task_weights) < 0
+                or sum(self.task_weights) < 1):
+            raise ValueError(
+                f"task_weights needs one integer >= 0 per task {TASKS}, not all 0 "
+                f"(0 leaves a task out of this phase), got {self.task_weights}"
+            )
+        if self.batch_size < sum(self.task_weights):
+            raise ValueError(
+                f"batch_size={self.batch_size} is smaller than sum(task_weights)="
+                f"{sum(self.task_weights)}: every weighted task needs a row per step"
+            )
         if not 0 < self.eps < 1:
             raise ValueError(f"eps must be in (0, 1), got {self.eps}")
 
@@ -90,12 +102,15 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 def batch_problems(cfg: TrainConfig, step: int) -> list[tuple[str, str]]:
-    """The training problems of ``step``: the batch split evenly over the tasks (the
-    remainder to the first tasks), each task's share drawn with seed (cfg.seed, step)."""
-    n, r = divmod(cfg.batch_size, len(TASKS))
+    """The training problems of ``step``: the batch split over the tasks in proportion to
+    ``cfg.task_weights`` (whole units of ``batch_size // sum(weights)`` rows each, the
+    remainder one row at a time to the first tasks), each task's share drawn with seed
+    (cfg.seed, step)."""
+    unit, r = divmod(cfg.batch_size, sum(cfg.task_weights))
     out: list[tuple[str, str]] = []
-    for k, task in enumerate(TASKS):
-        out += make_problems(task, n + (k < r), seed=cfg.seed * 1_000_003 + step)
+    weighted = [(task, w) for task, w in zip(TASKS, cfg.task_weights) if w > 0]
+    for k, (task, w) in enumerate(weighted):
+        out += make_problems(task, unit * w + (k < r), seed=cfg.seed * 1_000_003 + step)
     return out
 
 
@@ -177,6 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=TrainConfig.steps)
     ap.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
     ap.add_argument("--lr", type=float, default=TrainConfig.lr)
+    ap.add_argument("--task-weights", type=int, nargs="+", default=list(TrainConfig.task_weights),
+                    metavar="W", help=f"relative batch share of each task {TASKS} "
+                    "(default: equal)")
     ap.add_argument("--seed", type=int, default=TrainConfig.seed)
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     ap.add_argument("--eval-every", type=int, default=500)
@@ -185,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     cfg = TrainConfig(
-        arch=args.arch, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed
+        arch=args.arch, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+        task_weights=tuple(args.task_weights),
     )
     print(f"config: {asdict(cfg)}", flush=True)
     torch.manual_seed(cfg.seed)
