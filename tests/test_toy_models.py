@@ -120,6 +120,8 @@ def test_bad_train_config_raises_naming_the_argument():
         TrainConfig(arch="llada", task_weights=(1, -1, 1))
     with pytest.raises(ValueError, match="sum"):
         TrainConfig(arch="llada", batch_size=3, task_weights=(1, 2, 1))
+    with pytest.raises(ValueError, match="steps"):
+        TrainConfig(arch="llada", steps=0)
 
 
 @pytest.mark.parametrize("arch", sorted(CHECKPOINTS))
