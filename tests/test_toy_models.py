@@ -88,23 +88,23 @@ def test_training_batches_are_reproducible_and_balanced_over_tasks():
     cfg = TrainConfig(arch="dream", batch_size=10)
     a = batch_problems(cfg, 5)
     assert a == batch_problems(cfg, 5) and a != batch_problems(cfg, 6)
-    counts = [sum(p.startswith(tag) for p, _ in a) for tag in ("C:", "S:", "M:")]
-    assert sorted(counts) == [3, 3, 4]
+    counts = [sum(p.startswith(tag) for p, _ in a) for tag in ("C:", "S:", "M:", "p:")]
+    assert counts == [3, 3, 2, 2]  # unit 2 each, the remainder 2 to the first two tasks
 
 
 @pytest.mark.parametrize("weights,batch,want", [
-    ((1, 2, 1), 96, [24, 48, 24]),
-    ((1, 2, 1), 10, [3, 5, 2]),  # unit 2 → 2, 4, 2; remainder 2 → +1 to the first two tasks
-    ((3, 1, 1), 5, [3, 1, 1]),
-    ((0, 1, 0), 7, [0, 7, 0]),  # a phase that trains one task only
-    ((0, 2, 1), 8, [0, 5, 3]),  # unit 2 → 4, 2; remainder 2 → +1 to each weighted task
+    ((1, 2, 1, 2), 96, [16, 32, 16, 32]),
+    ((1, 2, 1, 0), 10, [3, 5, 2, 0]),  # unit 2 → 2, 4, 2; remainder 2 → +1 to the first two
+    ((3, 1, 1, 1), 6, [3, 1, 1, 1]),
+    ((0, 1, 0, 0), 7, [0, 7, 0, 0]),  # a phase that trains one task only
+    ((0, 2, 0, 1), 8, [0, 5, 0, 3]),  # unit 2 → 4, 2; remainder 2 → +1 to each weighted task
 ])
 def test_task_weights_split_the_batch_in_proportion(weights, batch, want):
     """Each task gets unit·w rows (unit = batch // Σw), the remainder one row at a time to
     the first tasks; counted here from the prompt tags."""
     cfg = TrainConfig(arch="llada", batch_size=batch, task_weights=weights)
     a = batch_problems(cfg, 0)
-    assert [sum(p.startswith(tag) for p, _ in a) for tag in ("C:", "S:", "M:")] == want
+    assert [sum(p.startswith(tag) for p, _ in a) for tag in ("C:", "S:", "M:", "p:")] == want
 
 
 def test_bad_train_config_raises_naming_the_argument():
@@ -115,11 +115,11 @@ def test_bad_train_config_raises_naming_the_argument():
     with pytest.raises(ValueError, match="task_weights"):
         TrainConfig(arch="llada", task_weights=(1, 2))
     with pytest.raises(ValueError, match="task_weights"):
-        TrainConfig(arch="llada", task_weights=(0, 0, 0))
+        TrainConfig(arch="llada", task_weights=(0, 0, 0, 0))
     with pytest.raises(ValueError, match="task_weights"):
-        TrainConfig(arch="llada", task_weights=(1, -1, 1))
+        TrainConfig(arch="llada", task_weights=(1, -1, 1, 1))
     with pytest.raises(ValueError, match="sum"):
-        TrainConfig(arch="llada", batch_size=3, task_weights=(1, 2, 1))
+        TrainConfig(arch="llada", batch_size=4, task_weights=(1, 2, 1, 1))
     with pytest.raises(ValueError, match="steps"):
         TrainConfig(arch="llada", steps=0)
 

@@ -14,9 +14,11 @@ from hypothesis import strategies as st
 
 from toy_models.tasks import (
     HELDOUT_BUCKETS,
+    PICK_P_KEEP,
     MAX_ANSWER_LEN,
     MAX_PROMPT_LEN,
     TASKS,
+    answers,
     check,
     make_problems,
     parse_answer,
@@ -25,9 +27,18 @@ from toy_models.tasks import (
 )
 
 
+def oracle_answers(task: str, prompt: str) -> set[str]:
+    """Every correct answer, solved independently: parse with a regex, then schoolbook
+    carrying from the right (carry), Counter (sort), prefix maxima by slicing (cmax), and
+    for pick "k" + the digits or "n" + their complements via str.translate."""
+    if task == "pick":
+        digits = re.fullmatch(r"p:[q-v](\d{11})=", prompt).group(1)
+        return {"k" + digits, "n" + digits.translate(str.maketrans("0123456789", "9876543210"))}
+    return {oracle_answer(task, prompt)}
+
+
 def oracle_answer(task: str, prompt: str) -> str:
-    """An independent solver: parse with a regex, then schoolbook carrying from the right
-    (carry), Counter (sort), prefix maxima by slicing (cmax)."""
+    """The one answer of carry, sort and cmax (see ``oracle_answers``)."""
     if task == "carry":
         cols = re.fullmatch(r"C:([0-9a-i]{12})=", prompt).group(1)
         out, c = [], 0
@@ -72,10 +83,12 @@ def test_train_and_heldout_never_share_a_prompt(task):
 
 @pytest.mark.parametrize("task", TASKS)
 def test_answers_agree_with_an_independent_oracle_and_fit_the_layout(task):
-    """The stored answer is correct, the checker accepts it, and lengths fit P and G."""
+    """The stored answer is correct, the checker accepts it and every oracle answer, and
+    lengths fit P and G. ``solve`` gives an answer; ``answers`` gives all of them."""
     for prompt, answer in make_problems(task, 500, seed=3):
-        assert answer == oracle_answer(task, prompt) == solve(task, prompt)
-        assert check(task, prompt, answer)
+        want = oracle_answers(task, prompt)
+        assert answer in want and solve(task, prompt) in want and set(answers(task, prompt)) == want
+        assert all(check(task, prompt, a) for a in want)
         assert task_of(prompt) == task
         assert len(prompt) <= MAX_PROMPT_LEN and 1 <= len(answer) <= MAX_ANSWER_LEN
 
@@ -97,6 +110,21 @@ def test_generators_reach_the_hard_cases():
     assert min(climbs) >= 2 and sum(c >= 4 for c in climbs) > 100
 
 
+def test_pick_draws_each_mode_with_its_levels_probability():
+    """Training answers keep the digits with probability PICK_P_KEEP[level]: per level, the
+    observed keep fraction over 12000 problems (~2000 a level) lies within 4.5 binomial
+    standard deviations (a wrong or inverted probability misses by > 10). The more probable
+    answer is the one ``solve`` gives."""
+    problems = make_problems("pick", 12000, seed=4)
+    for level, p in PICK_P_KEEP.items():
+        modes = [a[0] for q, a in problems if q[2] == level]
+        n, kept = len(modes), modes.count("k")
+        assert n > 1500
+        assert abs(kept - n * p) <= 4.5 * (n * p * (1 - p)) ** 0.5, (level, kept / n, p)
+    for q, _ in problems[:200]:
+        assert solve("pick", q)[0] == ("k" if PICK_P_KEEP[q[2]] > 0.5 else "n")
+
+
 @given(
     task=st.sampled_from(TASKS),
     seed=st.integers(0, 10**6),
@@ -104,13 +132,16 @@ def test_generators_reach_the_hard_cases():
     kind=st.sampled_from(["substitute", "drop", "append", "swap_ends"]),
 )
 def test_checker_rejects_every_corrupted_answer(task, seed, pos, kind):
-    """A one-edit corruption of the true answer is never accepted (exact match). The
-    corruptions are built to differ by construction: a substituted character is always a
-    different one of the same class, a swap only of two different end characters."""
+    """A one-edit corruption of a correct answer is never accepted (exact match; for pick
+    one edit mixes the two modes). The corruptions are built to differ by construction: a
+    substituted character is always a different one of the same class, a swap only of two
+    different end characters."""
     (prompt, answer), = make_problems(task, 1, seed=seed)
     i = pos % len(answer)
     alphabet = "0123456789"
-    if kind == "substitute":
+    if kind == "substitute" and answer[i] in "kn":  # pick's mode letter: the other mode
+        bad = answer[:i] + {"k": "n", "n": "k"}[answer[i]] + answer[i + 1 :]
+    elif kind == "substitute":
         c = alphabet[(alphabet.index(answer[i]) + 1 + pos % (len(alphabet) - 1)) % len(alphabet)]
         bad = answer[:i] + c + answer[i + 1 :]
     elif kind == "drop":
@@ -130,7 +161,8 @@ def test_checker_rejects_every_corrupted_answer(task, seed, pos, kind):
 @pytest.mark.parametrize(
     "task,completion",
     [("carry", ""), ("carry", "123456789012"), ("carry", "012345678901a"), ("sort", "1\x002"),
-     ("cmax", "12"), ("cmax", "")],
+     ("cmax", "12"), ("cmax", ""), ("pick", "k1234567890"), ("pick", "x12345678901"),
+     ("pick", "k1234567890a"), ("pick", "12345678901k")],
 )
 def test_parser_rejects_malformed_completions(task, completion):
     """Empty, wrong-length, non-digit or mask-holding completions parse to None."""

@@ -3,7 +3,7 @@
 The toy models exist to sit in the regime FAIR-Calib is about: several tokens are written
 per sampler step, an early wrong commit propagates to the rest of the answer (a wrong carry,
 a miscounted duplicate, a wrong running maximum), and the teacher is unsure at some of its
-commits. Three tasks, each a single-character tag in the prompt:
+commits. Four tasks, each a single-character tag in the prompt:
 
 - ``carry`` (tag ``C``): the carry pass of long addition. The prompt holds the 12 column
   sums s_j = a_j + b_j of two 12-digit numbers, one character per column (``0``-``9``, then
@@ -16,6 +16,15 @@ commits. Three tasks, each a single-character tag in the prompt:
   digit j drawn from 0..3 + 6j/11 so the maximum climbs in several steps. A long-range
   consistency task: each answer digit depends on the whole prefix, and once a digit is
   committed every later one must be at least as large.
+- ``pick`` (tag ``p``): a task with two valid answers, where the teacher is *meant* to be
+  unsure. The prompt holds a level letter and 11 digits; the answer is either ``k`` and
+  the digits kept, or ``n`` and their nines' complements (9 - d), chosen at random in
+  training with P(keep) set by the level (``PICK_P_KEEP``: 0.15 … 0.85). Before anything
+  is written every answer position is split between its two values, so the first commits
+  carry margin |2 P(keep) - 1| (0.2 at levels ``s``/``t``); once a mode is written the
+  rest is determined. Mixing the modes (a token from each) is wrong: two positions
+  written in the same step must agree, which is exactly the parallel-decoding decision a
+  quantization error can flip. Accuracy is the fraction of *valid* answers.
 
 How they were chosen (measured on this CPU, LLaDA toy, batch 64, one task at a time;
 toy_models/README.md has the table): fixed-offset copying is learned in 100 steps, and a
@@ -26,6 +35,11 @@ stays at chance: plain 6-digit addition (operands written apart, 500 steps: digi
 first version (0% after 2000 steps). A first version also had reversal (the source offset
 depends on the answer index; 0%). ``carry`` keeps the carry chain, the part of addition
 whose errors propagate, and gives each column as one token.
+
+``pick`` was added later, to the models trained on the first three, because none of those
+three leaves the teacher unsure where it is right (margin < 0.5 at 0.0-0.3% of commits):
+a tiny model becomes sure of whatever it can learn. Its characters are letters the
+vocabulary already had, so the shipped vocabulary did not change.
 
 A problem is a pair of strings ``(prompt, answer)``: ``prompt = "<tag>:<body>="`` and the
 answer has no terminator (the encoder pads it with EOS up to the generation length G).
@@ -41,9 +55,10 @@ import random
 import string
 
 #: the tasks, in the order reports list them
-TASKS: tuple[str, ...] = ("carry", "sort", "cmax")
-#: one-character tag written at the start of each prompt
-TAG: dict[str, str] = {"carry": "C", "sort": "S", "cmax": "M"}
+TASKS: tuple[str, ...] = ("carry", "sort", "cmax", "pick")
+#: one-character tag written at the start of each prompt (``pick`` uses a lowercase letter
+#: because the vocabulary was fixed before it was added)
+TAG: dict[str, str] = {"carry": "C", "sort": "S", "cmax": "M", "pick": "p"}
 #: 1 / (fraction of the prompt space reserved for held-out problems)
 HELDOUT_BUCKETS = 16
 #: columns of a carry problem (the answer has one digit more)
@@ -54,12 +69,19 @@ CARRY_P9 = 0.35
 COLUMN_SUMS = "0123456789abcdefghi"
 #: digits of a running-maximum problem
 CMAX_LEN = 12
-#: the longest answer any task produces (13-digit sum, 12 sorted digits, 12 maxima)
+#: digits of a pick problem (the answer is the mode letter and as many digits)
+PICK_LEN = 11
+#: pick's level letter → probability that a training answer keeps the digits
+PICK_P_KEEP: dict[str, float] = {"q": 0.15, "r": 0.3, "s": 0.4, "t": 0.6, "u": 0.7, "v": 0.85}
+#: pick's mode letters: keep the digits, or write their nines' complements
+PICK_KEEP, PICK_FLIP = "k", "n"
+#: the longest answer any task produces (13-digit sum, 12 sorted digits, 12 maxima, 12 picked)
 MAX_ANSWER_LEN = CARRY_COLS + 1
-#: the longest prompt any task produces ("S:" + 12 + "=" and "C:" + 12 + "=")
+#: the longest prompt any task produces ("C:" + 12 + "=", "p:" + level + 11 + "=")
 MAX_PROMPT_LEN = 15
-#: every character that can appear in a prompt or an answer
-ALPHABET: str = string.digits + string.ascii_lowercase + "".join(sorted(TAG.values())) + ":=+"
+#: every character that can appear in a prompt or an answer; its order fixes the token ids
+ALPHABET: str = string.digits + string.ascii_lowercase + "CMS" + ":=+"
+assert all(tag in ALPHABET for tag in TAG.values())
 # (all lowercase letters stay in the vocabulary, though ``carry`` uses only a-i, so the
 # tokenizer can encode any task string of earlier versions)
 
@@ -93,11 +115,29 @@ def _sample_body(task: str, rng: random.Random) -> str:
         return "".join(
             str(rng.randint(0, 3 + (6 * j) // (CMAX_LEN - 1))) for j in range(CMAX_LEN)
         )
+    if task == "pick":
+        level = rng.choice(sorted(PICK_P_KEEP))
+        return level + "".join(rng.choice(string.digits) for _ in range(PICK_LEN))
     raise ValueError(f"task must be one of {TASKS}, got {task!r}")
 
 
+def answers(task: str, prompt: str) -> tuple[str, ...]:
+    """Every correct answer for ``prompt``, computed from the prompt alone (the oracle):
+    one for carry, sort and cmax; for pick the kept and the flipped answer, the more
+    probable first."""
+    body = parse_prompt(task, prompt)
+    if task != "pick":
+        return (solve(task, prompt),)
+    level, digits = body[0], body[1:]
+    keep = PICK_KEEP + digits
+    flip = PICK_FLIP + "".join(str(9 - int(d)) for d in digits)
+    return (keep, flip) if PICK_P_KEEP[level] > 0.5 else (flip, keep)
+
+
 def solve(task: str, prompt: str) -> str:
-    """The correct answer for ``prompt``, computed from the prompt alone (the oracle)."""
+    """The correct answer for ``prompt`` (for pick: the more probable of the two)."""
+    if task == "pick":
+        return answers(task, prompt)[0]
     body = parse_prompt(task, prompt)
     if task == "carry":
         total = sum(COLUMN_SUMS.index(c) * 10 ** (len(body) - 1 - j) for j, c in enumerate(body))
@@ -132,15 +172,28 @@ def parse_answer(task: str, completion: str) -> str | None:
         ok = completion.isdigit()
     elif task == "cmax":
         ok = completion.isdigit() and len(completion) == CMAX_LEN
+    elif task == "pick":
+        ok = (len(completion) == PICK_LEN + 1 and completion[0] in (PICK_KEEP, PICK_FLIP)
+              and completion[1:].isdigit())
     else:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
     return completion if ok else None
 
 
 def check(task: str, prompt: str, completion: str) -> bool:
-    """Exact match: the parsed completion equals the oracle's answer (SPEC §5 task accuracy)."""
+    """Exact match: the parsed completion equals one of the oracle's answers (SPEC §5 task
+    accuracy; for pick, a valid answer in either mode)."""
     parsed = parse_answer(task, completion)
-    return parsed is not None and parsed == solve(task, prompt)
+    return parsed is not None and parsed in answers(task, prompt)
+
+
+def _sample_answer(task: str, prompt: str, rng: random.Random) -> str:
+    """The target of a problem: the oracle's answer, or for pick one of its two answers
+    drawn with the level's probability."""
+    if task != "pick":
+        return solve(task, prompt)
+    keep, flip = sorted(answers(task, prompt))  # "k..." < "n..."
+    return keep if rng.random() < PICK_P_KEEP[parse_prompt(task, prompt)[0]] else flip
 
 
 def make_problems(
@@ -149,7 +202,7 @@ def make_problems(
     """``n`` problems ``(prompt, answer)`` of ``task`` from ``split``, determined by ``seed``.
 
     Held-out problems are distinct from each other; training problems may repeat (they are
-    an i.i.d. stream). The two splits can never share a prompt (see :func:`is_heldout`).
+    an i.i.d. stream). A pick answer is one of the two valid ones, drawn (module docstring). The two splits can never share a prompt (see :func:`is_heldout`).
     """
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
@@ -170,7 +223,7 @@ def make_problems(
             if prompt in seen:
                 continue
             seen.add(prompt)
-        out.append((prompt, solve(task, prompt)))
+        out.append((prompt, _sample_answer(task, prompt, rng)))
     return out
 
 

@@ -58,7 +58,7 @@ class TrainConfig:
     arch: str  # "llada" or "dream" (the preset in toy_models.presets)
     steps: int = 1000  # optimizer steps (~20 min per model on a contended core)
     batch_size: int = 96  # sequences per step, split over the tasks by task_weights
-    task_weights: tuple[int, ...] = (1, 1, 1)  # relative share of each task in TASKS
+    task_weights: tuple[int, ...] = (1,) * len(TASKS)  # relative share of each task in TASKS
     lr: float = 2.5e-3  # peak AdamW learning rate (tiny models tolerate a high rate)
     min_lr_ratio: float = 0.05  # cosine schedule ends at lr * min_lr_ratio
     warmup: int = 100  # linear warm-up steps
