@@ -15,7 +15,7 @@ from torch import nn
 from fairref.quant.grid import QuantSpec, fake_quantize
 from fairref.quant.linear import QuantLinear
 from fairref.quant.rotation import hadamard
-from toy_models.report import RTNLinear, bootstrap_ci, fake_quant_tokens
+from toy_models.report import RTNLinear, all_tasks_cells, bootstrap_ci, fake_quant_tokens
 
 U = 2.0**-24  # float32 unit roundoff
 
@@ -112,3 +112,22 @@ def test_frontier_stats_on_a_hand_built_step():
     # a step that commits every candidate leaves no gap behind
     trace.k = torch.tensor([[4]])
     assert frontier_stats(trace)[1] == []
+
+
+def test_all_tasks_row_averages_accuracy_and_pools_fractions_by_count():
+    """The *all tasks* row: accuracy is the plain mean over tasks; a frontier fraction is
+    pooled over commits (steps), so a task with 3x the commits weighs 3x. Worked by hand:
+    margins (0.5 · 100 + 0.1 · 300) / 400 = 20%; gaps (1.0 · 10 + 0.0 · 30) / 40 = 25%."""
+
+    def row(acc, commits, f_margin, steps, f_gap, f_cont):
+        scheme = {"acc": acc, "ci95": (acc, acc)}
+        return {"n": 1, "FP": scheme, "W8A8": scheme, "W4A8": scheme, "W4A4": scheme,
+                "frontier": {"commits": commits, "frac_margin_below_0.5": f_margin,
+                             "steps_with_gap": steps, "frac_gap_below_0.1": f_gap,
+                             "frac_contested_gap_below_0.1": f_cont}}
+
+    r = {"tasks": {"a": row(1.0, 100, 0.5, 10, 1.0, 0.2), "b": row(0.5, 300, 0.1, 30, 0.0, 0.0)}}
+    cells = [c.strip() for c in all_tasks_cells(r).split("|")]
+    assert cells == ["75.0"] * 4 + ["20.0%", "25.0%", "5.0%"]
+    del r["tasks"]["b"]["W4A4"]  # a partial run shows a dash, not a mean of fewer tasks
+    assert [c.strip() for c in all_tasks_cells(r).split("|")][3] == "–"

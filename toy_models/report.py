@@ -208,7 +208,32 @@ def markdown(results: list[dict], cfg: SamplerConfig) -> str:
                 f"{100 * f[f'frac_contested_gap_below_{GAP_SMALL}']:.1f}%"
             )
             lines.append(f"| {r['arch']} | {task} | " + " | ".join(cells) + f" | {tail} |")
+        lines.append(f"| {r['arch']} | *all tasks* | " + all_tasks_cells(r) + " |")
+    lines += ["", "*all tasks*: accuracies averaged over the tasks (each has the same number "
+              "of problems); frontier fractions pooled over every commit and step of them."]
     return "\n".join(lines) + "\n"
+
+
+def all_tasks_cells(r: dict) -> str:
+    """The *all tasks* row of one model: mean accuracy per scheme, and the frontier
+    fractions pooled over the tasks (weighted by their commits and steps)."""
+    rows = list(r["tasks"].values())
+    cells = []
+    for s in ("FP", *SCHEMES):
+        accs = [row[s]["acc"] for row in rows if s in row]
+        cells.append(f"{100 * sum(accs) / len(accs):.1f}" if len(accs) == len(rows) else "–")
+    fr = [row["frontier"] for row in rows if "frontier" in row]
+    if len(fr) < len(rows):
+        return " | ".join(cells) + " | – | – | –"
+
+    def pooled(key: str, weight: str) -> float:
+        return sum(f[key] * f[weight] for f in fr) / sum(f[weight] for f in fr)
+
+    return " | ".join(cells) + (
+        f" | {100 * pooled('frac_margin_below_0.5', 'commits'):.1f}%"
+        f" | {100 * pooled(f'frac_gap_below_{GAP_SMALL}', 'steps_with_gap'):.1f}%"
+        f" | {100 * pooled(f'frac_contested_gap_below_{GAP_SMALL}', 'steps_with_gap'):.1f}%"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
