@@ -9,7 +9,7 @@ import os
 
 import pytest
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from fairref.models import DreamModel, LLaDAModel, load
 from toy_models.char_tokenizer import GEN_LEN, MASK_ID, PROMPT_LEN, VOCAB_SIZE
@@ -179,3 +179,41 @@ def test_w4a4_rtn_sorts_fewer_lists_than_w8a8():
     n8 = sum(check("sort", p, c) for p, c in _completions(quantized_copy(fp, 8, 8), "sort", 60))
     n4 = sum(check("sort", p, c) for p, c in _completions(quantized_copy(fp, 4, 4), "sort", 60))
     assert n8 > n4, (n8, n4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", sorted(CHECKPOINTS))
+def test_shipped_teacher_is_unsure_on_pick_until_a_mode_is_written(arch):
+    """The regime ``pick`` exists for (toy_models/README.md): on held-out problems whose
+    level keeps the digits with P = 0.4 or 0.6, with the whole answer masked the teacher
+    splits each digit position between its two valid values (those are its top two
+    tokens, margin well below 0.5: the data's own margin is 0.2); once a mode letter is
+    written at the first answer position, the digits follow it with confidence > 0.9."""
+    from toy_models.char_tokenizer import GEN_LEN, encode_prompts, vocab
+    from toy_models.tasks import PICK_LEN
+
+    model = load(CHECKPOINTS[arch])
+    problems = [p for p, _ in make_problems("pick", 400, 99, split="heldout") if p[2] in "st"]
+    prompt_ids = encode_prompts(problems)  # (n, P)
+    n, P = prompt_ids.shape
+    v = vocab()
+    digits = [[int(c) for c in p[3:-1]] for p in problems]  # (n, 11)
+    keep_ids = torch.tensor([[v[str(d)] for d in row] for row in digits])  # (n, 11)
+    flip_ids = torch.tensor([[v[str(9 - d)] for d in row] for row in digits])  # (n, 11)
+
+    def digit_probs(first: str | None) -> Tensor:
+        x = torch.cat([prompt_ids, torch.full((n, GEN_LEN), model.mask_token_id)], dim=1)
+        if first is not None:
+            x[:, P] = v[first]
+        with torch.no_grad():
+            return model.logits(x)[:, P + 1 : P + 1 + PICK_LEN].float().softmax(-1)  # (n, 11, V)
+
+    probs = digit_probs(None)
+    top2 = probs.topk(2, dim=-1)
+    pair = torch.stack([keep_ids, flip_ids], dim=-1).sort(-1).values  # (n, 11, 2)
+    assert (top2.indices.sort(-1).values == pair).all(-1).float().mean() >= 0.9
+    margin = top2.values[..., 0] - top2.values[..., 1]  # (n, 11)
+    assert margin.median() < 0.5, margin.median()
+    for mode, want in (("k", keep_ids), ("n", flip_ids)):
+        p_want = digit_probs(mode).gather(-1, want[..., None])[..., 0]  # (n, 11)
+        assert (p_want > 0.9).float().mean() >= 0.9, (mode, p_want.median())

@@ -1,10 +1,11 @@
 """The two toy architectures and their checkpoint layout (SPEC §2, §7).
 
 Tiny instances of the real LLaDA and Dream classes of ``fairref.models``, so the loader that
-reads LLaDA-8B reads them too. Sizes were chosen so that one training run fits in ~20 min
-on one CPU core under bf16 autocast (toy_models/README.md). A Dream toy at d = 128 was
-also trained; it learned the tasks as well and was *less* sensitive to W4A4 (sort: 99.95%
-→ 97.3%, against 98.7% → 93.9% at d = 192), so the narrower model was not kept.
+reads LLaDA-8B reads them too. Sizes were chosen so that all training phases of a model fit
+in 30 min on one CPU core under bf16 autocast (toy_models/README.md). A Dream toy at
+d = 128 was also trained on the first three tasks; it learned them as well and was *less*
+sensitive to W4A4 (sort: 99.95% → 97.3%, against 98.7% → 93.9% at d = 192 then), so the
+narrower model was not kept; the README's "What was tried" table has every Dream variant.
 
 - ``llada``: d = 256, 4 blocks, 4 heads (no GQA, like LLaDA-8B), SwiGLU width 768.
 - ``dream``: d = 192, 4 blocks, 4 query heads sharing 2 key/value heads (GQA), width 512,
@@ -12,11 +13,14 @@ also trained; it learned the tasks as well and was *less* sensitive to W4A4 (sor
 
 Both use the character vocabulary of ``char_tokenizer`` and its special ids. RoPE bases:
 the LLaDA toy keeps LLaDA-8B's 5e5; the Dream toy uses 1e4 instead of Dream-7B's 1e6.
-Over the toy's L = 32 positions pair j turns by L·base^(-2j/hd) radians, so at 1e6 only
-6 of Dream's 24 pairs turn by more than one (9 at 1e4): little to build the fixed-offset
-lookups of ``carry`` from. That is an argument, not a measurement: no run compared the
-bases on equal terms. (LLaDA runs on the three-task mixture stalled on ``sort`` at both
-1e4 and 5e5; what fixed them was a sort-only first phase, toy_models/README.md.)
+1e4 was first chosen on an argument (over the toy's L = 32 positions few of Dream's pairs
+turn by more than a radian at 1e6, little to build ``carry``'s fixed-offset lookups from)
+that a later measurement did not bear out: d = 192 Dream toys at 1e6 and at 1e5, trained
+sort-alone then on the mixture (21 min), learned all four tasks (sort 100%, pick 97-98%).
+They were also *more* robust to W4A4 and their teacher less often unsure (toy_models/
+README.md, "What was tried"), so the 1e4 model stays. (LLaDA runs on the three-task
+mixture stalled on ``sort`` at both 1e4 and 5e5; what fixed them was a sort-only first
+phase.)
 """
 
 from __future__ import annotations
