@@ -121,17 +121,21 @@ def _sample_body(task: str, rng: random.Random) -> str:
     raise ValueError(f"task must be one of {TASKS}, got {task!r}")
 
 
+def _pick_modes(body: str) -> tuple[str, str]:
+    """The two answers of a pick body (level letter, then digits): kept, flipped."""
+    digits = body[1:]
+    return PICK_KEEP + digits, PICK_FLIP + "".join(str(9 - int(d)) for d in digits)
+
+
 def answers(task: str, prompt: str) -> tuple[str, ...]:
     """Every correct answer for ``prompt``, computed from the prompt alone (the oracle):
     one for carry, sort and cmax; for pick the kept and the flipped answer, the more
     probable first."""
-    body = parse_prompt(task, prompt)
     if task != "pick":
         return (solve(task, prompt),)
-    level, digits = body[0], body[1:]
-    keep = PICK_KEEP + digits
-    flip = PICK_FLIP + "".join(str(9 - int(d)) for d in digits)
-    return (keep, flip) if PICK_P_KEEP[level] > 0.5 else (flip, keep)
+    body = parse_prompt(task, prompt)
+    keep, flip = _pick_modes(body)
+    return (keep, flip) if PICK_P_KEEP[body[0]] > 0.5 else (flip, keep)
 
 
 def solve(task: str, prompt: str) -> str:
@@ -188,12 +192,13 @@ def check(task: str, prompt: str, completion: str) -> bool:
 
 
 def _sample_answer(task: str, prompt: str, rng: random.Random) -> str:
-    """The target of a problem: the oracle's answer, or for pick one of its two answers
-    drawn with the level's probability."""
+    """The target of a problem: the oracle's answer, or for pick one of its two answers,
+    the kept one with the level's probability."""
     if task != "pick":
         return solve(task, prompt)
-    keep, flip = sorted(answers(task, prompt))  # "k..." < "n..."
-    return keep if rng.random() < PICK_P_KEEP[parse_prompt(task, prompt)[0]] else flip
+    body = parse_prompt(task, prompt)
+    keep, flip = _pick_modes(body)
+    return keep if rng.random() < PICK_P_KEEP[body[0]] else flip
 
 
 def make_problems(
@@ -202,7 +207,8 @@ def make_problems(
     """``n`` problems ``(prompt, answer)`` of ``task`` from ``split``, determined by ``seed``.
 
     Held-out problems are distinct from each other; training problems may repeat (they are
-    an i.i.d. stream). A pick answer is one of the two valid ones, drawn (module docstring). The two splits can never share a prompt (see :func:`is_heldout`).
+    an i.i.d. stream). The two splits can never share a prompt (see :func:`is_heldout`).
+    A pick answer is one of its two valid answers, drawn (module docstring).
     """
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
