@@ -22,6 +22,7 @@ from toy_models.tasks import (
     check,
     make_problems,
     parse_answer,
+    pick_kind,
     solve,
     task_of,
 )
@@ -176,3 +177,30 @@ def test_bad_arguments_raise_value_errors_naming_them():
         make_problems("carry", 1, 0, split="test")
     with pytest.raises(ValueError, match="n must"):
         make_problems("carry", -1, 0)
+
+
+@pytest.mark.parametrize("completion,kind", [
+    ("k18019094484", "probable"),  # level t: P(keep) = 0.6
+    ("n81980905515", "other mode"),
+    ("k18019004484", "mixed"),  # digit 8 written flipped (9 -> 0)
+    ("n18019094484", "mixed"),  # the flip letter on the kept digits
+    ("k18019094487", "wrong"),  # 7 is neither 4 nor 5
+    ("k1801909448", "malformed"),
+    ("x18019094484", "malformed"),
+])
+def test_pick_kind_on_hand_built_completions(completion, kind):
+    assert pick_kind("p:t18019094484=", completion) == kind
+
+
+@given(seed=st.integers(0, 10**6), choice=st.lists(st.booleans(), min_size=12, max_size=12))
+def test_pick_kind_is_mixed_exactly_when_tokens_come_from_both_answers(seed, choice):
+    """A completion built token by token from the two oracle answers (independent of the
+    code under test) is correct when every token comes from the same one, mixed otherwise."""
+    (prompt, _), = make_problems("pick", 1, seed=seed)
+    a, b = sorted(oracle_answers("pick", prompt))
+    completion = "".join(x if c else y for c, x, y in zip(choice, a, b))
+    kind = pick_kind(prompt, completion)
+    if all(choice) or not any(choice):
+        assert kind in ("probable", "other mode") and check("pick", prompt, completion)
+    else:
+        assert kind == "mixed" and not check("pick", prompt, completion)

@@ -94,10 +94,11 @@ def frontier_stats(trace) -> tuple[list[float], list[float], list[float]]:
 @torch.no_grad()
 def run_task(
     model, task: str, problems: list[tuple[str, str]], cfg: SamplerConfig,
-    stats: FrontierStats | None = None, chunk: int = 500,
+    stats: FrontierStats | None = None, chunk: int = 500, completions: list[str] | None = None,
 ) -> list[bool]:
     """Exact-match correctness of the sampler's answer for each problem of ``task``;
-    with ``stats`` the run is recorded and its frontier statistics appended."""
+    with ``stats`` the run is recorded and its frontier statistics appended, and with
+    ``completions`` the decoded completions are appended to it."""
     ok: list[bool] = []
     for i in range(0, len(problems), chunk):
         part = problems[i : i + chunk]
@@ -111,7 +112,10 @@ def run_task(
             stats.margins += m
             stats.gaps += g
             stats.last_conf += c
-        ok += [check(task, p, decode_completion(row)) for (p, _), row in zip(part, x[:, P:])]
+        texts = [decode_completion(row) for row in x[:, P:]]
+        ok += [check(task, p, c) for (p, _), c in zip(part, texts)]
+        if completions is not None:
+            completions += texts
     return ok
 
 

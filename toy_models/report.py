@@ -41,6 +41,7 @@ import argparse
 import copy
 import json
 import time
+from collections import Counter
 
 import numpy as np
 import torch
@@ -52,7 +53,7 @@ from fairref.quant.grid import QuantSpec, fake_quantize
 from fairref.quant.linear import QuantLinear
 from fairref.quant.rotation import hadamard, largest_pow2_divisor
 from toy_models.evaluate import FrontierStats, SamplerConfig, run_task
-from toy_models.tasks import TASKS, make_problems
+from toy_models.tasks import PICK_KINDS, TASKS, make_problems, pick_kind
 
 ROOT = Path(__file__).resolve().parent
 #: shipped checkpoints
@@ -150,9 +151,13 @@ def evaluate_model(arch: str, path: Path, n: int, cfg: SamplerConfig, log=print,
         for name, model in models.items():
             t0 = time.time()
             stats = FrontierStats() if name == "FP" else None
-            ok = run_task(model, task, problems, cfg, stats=stats)
+            texts: list[str] = []
+            ok = run_task(model, task, problems, cfg, stats=stats, completions=texts)
             acc = sum(ok) / len(ok)
             row[name] = {"acc": acc, "ci95": bootstrap_ci(ok), "seconds": round(time.time() - t0)}
+            if task == "pick":
+                kinds = Counter(pick_kind(p, c) for (p, _), c in zip(problems, texts))
+                row[name]["kinds"] = {k: kinds[k] for k in PICK_KINDS}
             if stats is not None:
                 row["frontier"] = frontier_summary(stats)
             log(f"{arch} {task} {name}: acc {acc:.4f} ({time.time() - t0:.0f}s)")
@@ -211,7 +216,27 @@ def markdown(results: list[dict], cfg: SamplerConfig) -> str:
         lines.append(f"| {r['arch']} | *all tasks* | " + all_tasks_cells(r) + " |")
     lines += ["", "*all tasks*: accuracies averaged over the tasks (each has the same number "
               "of problems); frontier fractions pooled over every commit and step of them."]
+    lines += pick_table(results)
     return "\n".join(lines) + "\n"
+
+
+def pick_table(results: list[dict]) -> list[str]:
+    """Markdown lines counting the kinds of pick completions (``tasks.pick_kind``) per
+    model and scheme; none when no result has them."""
+    rows = [(r["arch"], s, r["tasks"]["pick"][s]["kinds"]) for r in results
+            for s in ("FP", *SCHEMES) if "kinds" in r["tasks"].get("pick", {}).get(s, {})]
+    if not rows:
+        return []
+    return [
+        "", "## `pick` answers by kind", "",
+        "Correct: the more *probable* mode or the *other mode*; wrong: *mixed* (every token "
+        "from one of the two answers, not all from the same: two modes written in parallel), "
+        "*wrong* (a token in neither) or *malformed*.", "",
+        "| model | scheme | " + " | ".join(PICK_KINDS) + " |",
+        "|---|---|" + "---|" * len(PICK_KINDS),
+        *(f"| {arch} | {s} | " + " | ".join(str(k[c]) for c in PICK_KINDS) + " |"
+          for arch, s, k in rows),
+    ]
 
 
 def all_tasks_cells(r: dict) -> str:

@@ -191,6 +191,25 @@ def check(task: str, prompt: str, completion: str) -> bool:
     return parsed is not None and parsed in answers(task, prompt)
 
 
+#: the kinds of a pick completion, in report order (see :func:`pick_kind`)
+PICK_KINDS: tuple[str, ...] = ("probable", "other mode", "mixed", "wrong", "malformed")
+
+
+def pick_kind(prompt: str, completion: str) -> str:
+    """What a pick completion is: the more ``probable`` answer, the ``other mode`` (both
+    correct); ``mixed`` — every token belongs to one of the two answers, but not all to the
+    same one (the parallel-decoding error); ``wrong`` — a well-formed answer with some
+    token in neither; or ``malformed`` (see :func:`parse_answer`)."""
+    first, second = answers("pick", prompt)
+    if parse_answer("pick", completion) is None:
+        return "malformed"
+    if completion in (first, second):
+        return "probable" if completion == first else "other mode"
+    if all(c in (a, b) for c, a, b in zip(completion, first, second)):
+        return "mixed"
+    return "wrong"
+
+
 def _sample_answer(task: str, prompt: str, rng: random.Random) -> str:
     """The target of a problem: the oracle's answer, or for pick one of its two answers,
     the kept one with the level's probability."""
