@@ -25,14 +25,13 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from fairref.bounds_check import bounds_on_trace  # noqa: E402
-from fairref.diffusion import dream_generate, llada_generate  # noqa: E402
-from fairref.fair import CalibConfig, quantize_model  # noqa: E402
-from fairref.models import DreamModel, load  # noqa: E402
-from toy_models.char_tokenizer import encode_prompts  # noqa: E402
-from toy_models.tasks import TASKS, make_problems  # noqa: E402
+from fairref.bounds_check import bounds_on_trace
+from fairref.diffusion import dream_generate, llada_generate
+from fairref.fair import CalibConfig, quantize_model
+from fairref.models import DreamModel, load
+from fairref.toy.char_tokenizer import encode_prompts
+from fairref.toy.tasks import TASKS, make_problems
 
 CONFIG = {
     "models": ["llada_toy", "dream_toy"],

@@ -106,9 +106,9 @@ def test_generate_on_a_shipped_toy_model_matches_the_toy_evaluation(capsys, arch
     generation_config.json alone, the answers the toy-model report scores."""
     from pathlib import Path
 
-    from toy_models.char_tokenizer import decode_completion, encode_prompts
-    from toy_models.evaluate import SamplerConfig, generate
-    from toy_models.tasks import make_problems
+    from fairref.toy.char_tokenizer import decode_completion, encode_prompts
+    from fairref.toy.evaluate import SamplerConfig, generate
+    from fairref.toy.tasks import make_problems
 
     ckpt = Path(__file__).resolve().parents[1] / "toy_models" / f"{arch}_toy"
     prompts = [p for p, _ in make_problems("sort", 3, seed=7, split="heldout")]

@@ -69,7 +69,7 @@ def test_missing_tokenizer_json_is_an_error_naming_it(tmp_path):
 
 def test_toy_char_tokenizer_works_through_the_wrapper(tmp_path):
     """The toy models' own tokenizer.json (built in toy_models/) loads unchanged."""
-    char = pytest.importorskip("toy_models.char_tokenizer")
+    char = pytest.importorskip("fairref.toy.char_tokenizer")
     char.write_tokenizer(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps(char.special_token_ids()))
     tok = load_tokenizer(tmp_path)

@@ -12,10 +12,11 @@ import torch
 from torch import Tensor, nn
 
 from fairref.models import DreamModel, LLaDAModel, load
-from toy_models.char_tokenizer import GEN_LEN, MASK_ID, PROMPT_LEN, VOCAB_SIZE
-from toy_models.presets import toy_config
-from toy_models.report import CHECKPOINTS, quantized_copy
-from toy_models.tasks import TASKS, check, make_problems
+from fairref.toy.char_tokenizer import GEN_LEN, MASK_ID, PROMPT_LEN, VOCAB_SIZE
+from fairref.toy.presets import toy_config
+from fairref.toy import TOY_MODELS, checkpoint_dir
+from toy_models.report import quantized_copy
+from fairref.toy.tasks import TASKS, check, make_problems
 from toy_models.train import TrainConfig, batch_problems, diffusion_loss, encode_batch, lr_at
 
 
@@ -124,12 +125,12 @@ def test_bad_train_config_raises_naming_the_argument():
         TrainConfig(arch="llada", steps=0)
 
 
-@pytest.mark.parametrize("arch", sorted(CHECKPOINTS))
+@pytest.mark.parametrize("arch", sorted(TOY_MODELS))
 def test_shipped_checkpoints_load_strictly_with_the_toy_config(arch):
     """fairref.models.load reads each shipped directory (strict names and shapes), the
     architecture is the intended one (Dream with GQA, one model with d ≥ 256), and the
     stored weights are bf16 within the 8 MB budget."""
-    path = CHECKPOINTS[arch]
+    path = checkpoint_dir(arch)
     model = load(path)
     assert isinstance(model, LLaDAModel if arch == "llada" else DreamModel)
     assert model.config.to_dict() == toy_config(arch).to_dict()
@@ -145,8 +146,8 @@ def test_shipped_checkpoints_load_strictly_with_the_toy_config(arch):
 
 def _completions(model, task, n):
     """(prompt, decoded completion) for ``n`` held-out problems under the default sampler."""
-    from toy_models.char_tokenizer import decode_completion, encode_prompts
-    from toy_models.evaluate import SamplerConfig, generate
+    from fairref.toy.char_tokenizer import decode_completion, encode_prompts
+    from fairref.toy.evaluate import SamplerConfig, generate
 
     problems = make_problems(task, n, 99, split="heldout")
     ids = encode_prompts([p for p, _ in problems])  # (n, P)
@@ -159,13 +160,13 @@ def _accuracy(model, n):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch", sorted(CHECKPOINTS))
+@pytest.mark.parametrize("arch", sorted(TOY_MODELS))
 def test_shipped_models_solve_most_heldout_problems_of_every_task(arch):
     """A quick generation on 20 held-out problems per task under the default sampler: at
     least 15 of 20 exactly right on every task (the report measures ≥ 85% on 2000; a broken
     checkpoint, tokenizer or sampler path scores ~0, and a model trained on another task
     layout fails the format check)."""
-    model = load(CHECKPOINTS[arch])
+    model = load(checkpoint_dir(arch))
     for task, ok in _accuracy(model, 20).items():
         assert sum(ok) >= 15, (task, sum(ok))
 
@@ -175,24 +176,24 @@ def test_w4a4_rtn_sorts_fewer_lists_than_w8a8():
     """The regime the toy models are for: on 60 held-out sort problems (the task on which
     the report measures LLaDA 97% at W8A8 against 87% at W4A4, on 2000) W8A8 RTN keeps
     more exact answers than W4A4 RTN."""
-    fp = load(CHECKPOINTS["llada"])
+    fp = load(checkpoint_dir("llada"))
     n8 = sum(check("sort", p, c) for p, c in _completions(quantized_copy(fp, 8, 8), "sort", 60))
     n4 = sum(check("sort", p, c) for p, c in _completions(quantized_copy(fp, 4, 4), "sort", 60))
     assert n8 > n4, (n8, n4)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch", sorted(CHECKPOINTS))
+@pytest.mark.parametrize("arch", sorted(TOY_MODELS))
 def test_shipped_teacher_is_unsure_on_pick_until_a_mode_is_written(arch):
     """The regime ``pick`` exists for (toy_models/README.md): on held-out problems whose
     level keeps the digits with P = 0.4 or 0.6, with the whole answer masked the teacher
     splits each digit position between its two valid values (those are its top two
     tokens, margin well below 0.5: the data's own margin is 0.2); once a mode letter is
     written at the first answer position, the digits follow it with confidence > 0.9."""
-    from toy_models.char_tokenizer import GEN_LEN, encode_prompts, vocab
-    from toy_models.tasks import PICK_LEN
+    from fairref.toy.char_tokenizer import GEN_LEN, encode_prompts, vocab
+    from fairref.toy.tasks import PICK_LEN
 
-    model = load(CHECKPOINTS[arch])
+    model = load(checkpoint_dir(arch))
     problems = [p for p, _ in make_problems("pick", 400, 99, split="heldout") if p[2] in "st"]
     prompt_ids = encode_prompts(problems)  # (n, P)
     n, P = prompt_ids.shape

@@ -95,7 +95,7 @@ def test_frontier_stats_on_a_hand_built_step():
     confident), and the recorded confidence is the 2nd highest. Worked out by hand."""
     from types import SimpleNamespace
 
-    from toy_models.evaluate import frontier_stats
+    from fairref.toy.evaluate import frontier_stats
 
     conf = torch.tensor([[[0.95, 0.90, 0.50, 0.99, 0.999]]])  # (T=1, B=1, L=5)
     masked = torch.tensor([[[True, True, True, True, True]]])

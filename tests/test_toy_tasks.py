@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from toy_models.tasks import (
+from fairref.toy.tasks import (
     HELDOUT_BUCKETS,
     PICK_P_KEEP,
     MAX_ANSWER_LEN,

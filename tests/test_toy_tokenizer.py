@@ -12,7 +12,7 @@ import torch
 from tokenizers import Tokenizer
 
 from fairref.models import load_tokenizer
-from toy_models.char_tokenizer import (
+from fairref.toy.char_tokenizer import (
     BOS_ID,
     EOS_ID,
     GEN_LEN,
@@ -28,7 +28,7 @@ from toy_models.char_tokenizer import (
     vocab,
     write_tokenizer,
 )
-from toy_models.tasks import ALPHABET, TASKS, check, make_problems
+from fairref.toy.tasks import ALPHABET, TASKS, check, make_problems
 
 
 def all_task_strings():
@@ -102,10 +102,10 @@ def test_a_mask_before_eos_makes_a_completion_wrong():
 def test_shipped_tokenizers_equal_the_generated_one(tok_dir):
     """The tokenizer.json in each shipped checkpoint is the one this module writes, and the
     checkpoint's config.json carries the same special ids."""
-    from toy_models.report import CHECKPOINTS
+    from fairref.toy import TOY_MODELS, checkpoint_dir
 
     want = json.loads((tok_dir / "tokenizer.json").read_text())
-    for path in CHECKPOINTS.values():
+    for path in (checkpoint_dir(a) for a in TOY_MODELS):
         assert json.loads((path / "tokenizer.json").read_text()) == want
         cfg = json.loads((path / "config.json").read_text())
         for k, v in special_token_ids().items():

@@ -31,11 +31,8 @@ Writes ``report_<arch>.json`` after every (task, scheme), then ``report.json`` a
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make `toy_models` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
 import copy
@@ -52,12 +49,13 @@ from fairref.models import load
 from fairref.quant.grid import QuantSpec, fake_quantize
 from fairref.quant.linear import QuantLinear
 from fairref.quant.rotation import hadamard, largest_pow2_divisor
-from toy_models.evaluate import FrontierStats, SamplerConfig, run_task
-from toy_models.tasks import PICK_KINDS, TASKS, make_problems, pick_kind
+from fairref.toy import TOY_MODELS, checkpoint_dir
+from fairref.toy.evaluate import FrontierStats, SamplerConfig, run_task
+from fairref.toy.tasks import PICK_KINDS, TASKS, make_problems, pick_kind
 
 ROOT = Path(__file__).resolve().parent
 #: shipped checkpoints
-CHECKPOINTS = {"llada": ROOT / "llada_toy", "dream": ROOT / "dream_toy"}
+CHECKPOINTS = {arch: checkpoint_dir(arch) for arch in TOY_MODELS}
 #: the quantization schemes of the report: name → (weight bits, activation bits)
 SCHEMES: dict[str, tuple[int, int]] = {"W8A8": (8, 8), "W4A8": (4, 8), "W4A4": (4, 4)}
 #: a commit is "unsure" when the teacher's top-1/top-2 probability margin is below this

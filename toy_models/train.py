@@ -26,11 +26,8 @@ cosine schedule; its ``train_config.json`` records the previous phase).
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make `toy_models` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
 import json
@@ -42,20 +39,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from toy_models.char_tokenizer import (
+from fairref.toy.char_tokenizer import (
     MASK_ID,
     PROMPT_LEN,
     encode_answers,
     encode_prompts,
 )
-from toy_models.tasks import TASKS, make_problems
+from fairref.toy.tasks import TASKS, make_problems
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that determines a training run."""
 
-    arch: str  # "llada" or "dream" (the preset in toy_models.presets)
+    arch: str  # "llada" or "dream" (the preset in fairref.toy.presets)
     steps: int = 1000  # optimizer steps (~20 min per model on a contended core)
     batch_size: int = 96  # sequences per step, split over the tasks by task_weights
     task_weights: tuple[int, ...] = (1,) * len(TASKS)  # relative share of each task in TASKS
@@ -181,7 +178,7 @@ def train(model, cfg: TrainConfig, log=print, eval_fn=None, eval_every: int = 50
 
 
 def main(argv: list[str] | None = None) -> int:
-    from toy_models.presets import build_toy, save_toy
+    from fairref.toy.presets import build_toy, save_toy
 
     ap = argparse.ArgumentParser(description="train a toy masked-diffusion LM (toy_models/README.md)")
     ap.add_argument("--arch", choices=("llada", "dream"), required=True)
@@ -217,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     def progress_eval(m) -> str:
         # imported lazily and guarded: a progress line must never stop a training run
         try:
-            from toy_models.evaluate import quick_accuracy
+            from fairref.toy.evaluate import quick_accuracy
 
             return quick_accuracy(m, n=32, seed=123)
         except Exception as e:  # noqa: BLE001 - progress only

@@ -29,8 +29,8 @@ from torch import Tensor
 
 from fairref.diffusion import dream_generate, llada_generate
 from fairref.models import DreamModel
-from toy_models.char_tokenizer import GEN_LEN, decode_completion, encode_prompts
-from toy_models.tasks import TASKS, check, make_problems
+from fairref.toy.char_tokenizer import GEN_LEN, decode_completion, encode_prompts
+from fairref.toy.tasks import TASKS, check, make_problems
 
 
 @dataclass(frozen=True)

@@ -31,8 +31,8 @@ from pathlib import Path
 import torch
 
 from fairref.models import DreamConfig, LLaDAConfig, build, save
-from toy_models.evaluate import SamplerConfig
-from toy_models.char_tokenizer import (
+from fairref.toy.evaluate import SamplerConfig
+from fairref.toy.char_tokenizer import (
     BOS_ID,
     EOS_ID,
     MASK_ID,

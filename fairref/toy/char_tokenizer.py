@@ -29,7 +29,7 @@ import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from torch import Tensor
 
-from toy_models.tasks import ALPHABET, MAX_ANSWER_LEN, MAX_PROMPT_LEN
+from fairref.toy.tasks import ALPHABET, MAX_ANSWER_LEN, MAX_PROMPT_LEN
 
 #: special tokens in id order
 SPECIAL_TOKENS: tuple[str, ...] = ("<|pad|>", "<|bos|>", "<|eos|>", "<|mask|>", "<|unk|>")
