@@ -53,16 +53,6 @@ def _run_golden(args: argparse.Namespace) -> int:
 
 # --- generate -------------------------------------------------------------------------------
 
-#: sampler and prompt-format defaults when neither the command line nor the model's
-#: generation_config.json sets them: 16 new tokens in 8 steps (two commits per step), one
-#: block; prompts as given. ``add_bos`` prepends the BOS id; ``prompt_length`` left-pads
-#: every prompt with the pad id to that fixed length *as visible tokens* (the format a model
-#: trained on fixed-length padded prompts, like the toy models, expects); otherwise a batch
-#: of unequal prompts is left-padded with an attention mask.
-_GEN_DEFAULTS = {"steps": 8, "gen_length": 16, "block_length": None, "alg": "maskgit_plus",
-                 "add_bos": False, "prompt_length": None}
-
-
 def _add_generate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "generate",
@@ -87,24 +77,13 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
                    help="LLaDA block length (default: the whole generation region)")
     p.add_argument("--alg", choices=["origin", "maskgit_plus", "topk_margin", "entropy"],
                    help="Dream remasking algorithm")
-    p.add_argument("--remasking", choices=["low_confidence", "random"], default="low_confidence",
-                   help="LLaDA remasking strategy (default: %(default)s)")
-    p.add_argument("--temperature", type=float, default=0.0,
-                   help="sampling temperature; 0 is greedy (default: %(default)s)")
+    p.add_argument("--remasking", choices=["low_confidence", "random"],
+                   help="LLaDA remasking strategy (default: low_confidence)")
+    p.add_argument("--temperature", type=float,
+                   help="sampling temperature; 0 is greedy (default: 0)")
     p.add_argument("--seed", type=int, default=0, help="generator seed (default: %(default)s)")
     p.add_argument("--trace", type=Path, metavar="FILE",
                    help="also record the sampler trace (SPEC §2) and save it as JSON here")
-
-
-def _generation_defaults(model_dir: Path) -> dict:
-    import json
-
-    out = dict(_GEN_DEFAULTS)
-    f = model_dir / "generation_config.json"
-    if f.is_file():
-        cfg = json.loads(f.read_text())
-        out.update({k: cfg[k] for k in _GEN_DEFAULTS if k in cfg})
-    return out
 
 
 def _warn_unknown(tok, prompts: list[str]) -> None:
@@ -119,51 +98,33 @@ def _warn_unknown(tok, prompts: list[str]) -> None:
 
 
 def _run_generate(args: argparse.Namespace) -> int:
+    import dataclasses
+
     import torch
 
-    from fairref.diffusion import dream_generate, llada_generate
-    from fairref.models import DreamModel, load, load_tokenizer
+    from fairref.diffusion import generate, load_generation_config, sampler_family
+    from fairref.models import encode_prompts, load, load_tokenizer
 
-    try:
-        model = load(args.model)
-        tok = load_tokenizer(args.model)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: cannot load {args.model}: {e}", file=sys.stderr)
-        return 2
-    d = _generation_defaults(args.model)
-    steps = args.steps or d["steps"]
-    G = args.gen_length or d["gen_length"]
-    bos = [tok.bos_token_id] if d["add_bos"] and tok.bos_token_id is not None else []
-    encoded = [bos + tok.encode(p) for p in args.prompt]
+    model = load(args.model)
+    tok = load_tokenizer(args.model)
+    family = sampler_family(model)
+    settings, fmt = load_generation_config(args.model, family)
+    flags = {"steps": "--steps", "gen_length": "--gen-length", "block_length": "--block-length",
+             "remasking": "--remasking", "alg": "--alg", "temperature": "--temperature"}
+    given = {k: getattr(args, k) for k in flags if getattr(args, k) is not None}
+    settings = dataclasses.replace(settings, **given)
+    unused = settings.unused_by(family)
+    if unused:
+        raise ValueError(f"{', '.join(flags[k] for k in unused)}: not an option of the "
+                         f"{family} sampler that {args.model} uses; drop it")
     _warn_unknown(tok, args.prompt)
-    P = max(len(e) for e in encoded)
-    fixed = d["prompt_length"]
-    if fixed is not None and P > fixed:
-        print(f"error: a prompt has {P} tokens, more than this model's prompt_length={fixed} "
-              "(generation_config.json); shorten it", file=sys.stderr)
-        return 2
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.mask_token_id
-    # left padding, as the public loops expect; the mask keeps padded keys out of attention
-    # unless the model was trained to see its fixed-length padding
-    P = fixed or P
-    ids = torch.tensor([[pad] * (P - len(e)) + e for e in encoded])  # (B, P)
-    attn = torch.tensor([[fixed is not None] * (P - len(e)) + [True] * len(e) for e in encoded])
+    ids, attn = encode_prompts(tok, args.prompt, fmt)  # (B, P), (B, P) or None
     g = torch.Generator().manual_seed(args.seed)
-    common = dict(temperature=args.temperature, generator=g, record=args.trace is not None,
-                  attention_mask=attn if not bool(attn.all()) else None)
-    try:
-        with torch.no_grad():
-            if isinstance(model, DreamModel):
-                out = dream_generate(model, ids, steps, G, alg=args.alg or d["alg"], **common)
-            else:
-                block = args.block_length or d["block_length"] or G
-                out = llada_generate(model, ids, steps, G, block,
-                                     remasking=args.remasking, **common)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    with torch.no_grad():
+        out = generate(model, ids, settings, attention_mask=attn, generator=g,
+                       record=args.trace is not None)
     x, trace = out if args.trace is not None else (out, None)
-    for row in x[:, P:].tolist():
+    for row in x[:, ids.shape[1]:].tolist():
         if tok.eos_token_id is not None and tok.eos_token_id in row:
             row = row[: row.index(tok.eos_token_id)]
         print(tok.decode(row))

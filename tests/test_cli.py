@@ -107,7 +107,8 @@ def test_generate_on_a_shipped_toy_model_matches_the_toy_evaluation(capsys, arch
     from pathlib import Path
 
     from fairref.toy.char_tokenizer import decode_completion, encode_prompts
-    from fairref.toy.evaluate import SamplerConfig, generate
+    from fairref.diffusion import generate
+    from fairref.toy.evaluate import TOY_SAMPLER
     from fairref.toy.tasks import make_problems
 
     ckpt = Path(__file__).resolve().parents[1] / "toy_models" / f"{arch}_toy"
@@ -119,7 +120,7 @@ def test_generate_on_a_shipped_toy_model_matches_the_toy_evaluation(capsys, arch
     printed = capsys.readouterr().out.splitlines()
     x = encode_prompts(prompts)  # (B, P)
     with torch.no_grad():
-        ids = generate(load(ckpt), x, SamplerConfig())
+        ids = generate(load(ckpt), x, TOY_SAMPLER)
     assert printed == [decode_completion(row) for row in ids[:, x.shape[1]:]]
 
 

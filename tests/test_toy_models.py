@@ -147,11 +147,12 @@ def test_shipped_checkpoints_load_strictly_with_the_toy_config(arch):
 def _completions(model, task, n):
     """(prompt, decoded completion) for ``n`` held-out problems under the default sampler."""
     from fairref.toy.char_tokenizer import decode_completion, encode_prompts
-    from fairref.toy.evaluate import SamplerConfig, generate
+    from fairref.diffusion import generate
+    from fairref.toy.evaluate import TOY_SAMPLER
 
     problems = make_problems(task, n, 99, split="heldout")
     ids = encode_prompts([p for p, _ in problems])  # (n, P)
-    x = generate(model, ids, SamplerConfig())  # (n, P + G)
+    x = generate(model, ids, TOY_SAMPLER)  # (n, P + G)
     return [(p, decode_completion(row)) for (p, _), row in zip(problems, x[:, ids.shape[1]:])]
 
 

@@ -2,7 +2,7 @@
 
 For each shipped toy checkpoint (loaded with ``fairref.models.load`` from its stored bf16
 weights, upcast to float32 — the full-precision reference) and each task, on ``n`` held-out
-problems with the default sampler (``evaluate.SamplerConfig``):
+problems with the default sampler (``fairref.toy.evaluate.TOY_SAMPLER``):
 
 1. full-precision exact-match accuracy (SPEC §5 task accuracy) with a 95% bootstrap
    interval (1000 resamples over problems);
@@ -50,7 +50,8 @@ from fairref.quant.grid import QuantSpec, fake_quantize
 from fairref.quant.linear import QuantLinear
 from fairref.quant.rotation import hadamard, largest_pow2_divisor
 from fairref.toy import TOY_MODELS, checkpoint_dir
-from fairref.toy.evaluate import FrontierStats, SamplerConfig, run_task
+from fairref.diffusion import SamplerSettings
+from fairref.toy.evaluate import TOY_SAMPLER, FrontierStats, run_task
 from fairref.toy.tasks import PICK_KINDS, TASKS, make_problems, pick_kind
 
 ROOT = Path(__file__).resolve().parent
@@ -134,7 +135,7 @@ def bootstrap_ci(ok: list[bool], n_boot: int = 1000, seed: int = 0) -> tuple[flo
     return float(lo), float(hi)
 
 
-def evaluate_model(arch: str, path: Path, n: int, cfg: SamplerConfig, log=print,
+def evaluate_model(arch: str, path: Path, n: int, cfg: SamplerSettings, log=print,
                    checkpoint=None) -> dict:
     """All numbers of the report for one checkpoint (see the module docstring).
     ``checkpoint(partial_result)`` (optional) is called after every (task, scheme)."""
@@ -179,14 +180,14 @@ def frontier_summary(stats: FrontierStats) -> dict:
     }
 
 
-def markdown(results: list[dict], cfg: SamplerConfig) -> str:
+def markdown(results: list[dict], cfg: SamplerSettings) -> str:
     """The Markdown tables of ``report.md``."""
     lines = [
         "# Toy models: accuracy, frontier margins, RTN quantization",
         "",
         f"Held-out problems per task: {results[0]['tasks'][TASKS[0]]['n']} (seed {HELDOUT_SEED}). "
         f"Sampler: G = {cfg.gen_length}, {cfg.steps} steps, one block, temperature 0; LLaDA "
-        f"`low_confidence`, Dream `{cfg.dream_alg}`. Quantization: RTN, Hadamard rotation, "
+        f"`low_confidence`, Dream `{cfg.alg}`. Quantization: RTN, Hadamard rotation, "
         "weights per-channel symmetric, activations per-token dynamic, every linear in the "
         "blocks (`RTNLinear`: the fake path of fairref.quant QuantLinear). Brackets: 95% "
         "bootstrap interval over problems.",
@@ -269,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    cfg = SamplerConfig()
+    cfg = TOY_SAMPLER
     args.out.mkdir(parents=True, exist_ok=True)
     if args.merge:
         results = [json.loads((args.out / f"report_{a}.json").read_text()) for a in args.models]

@@ -15,7 +15,7 @@ from fairref.models.config import DreamConfig, LLaDAConfig, config_from_dict
 from fairref.models.dream import DreamModel
 from fairref.models.llada import LLaDAModel
 from fairref.models.protocol import MaskedDiffusionLM, shift_head_logits
-from fairref.models.tokenizer import TextTokenizer, load_tokenizer
+from fairref.models.tokenizer import PromptFormat, TextTokenizer, encode_prompts, load_tokenizer
 
 __all__ = [
     "MaskedDiffusionLM",
@@ -32,6 +32,8 @@ __all__ = [
     "read_config",
     "read_weights",
     "check_state_dict",
+    "PromptFormat",
     "TextTokenizer",
+    "encode_prompts",
     "load_tokenizer",
 ]

@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from tokenizers import Tokenizer
 
 #: token strings tried, in order, when config.json does not give the id
@@ -83,3 +84,50 @@ def _ids_from_config(config_file: Path) -> dict[str, int | None]:
         # HF allows a list of eos ids; the first is the canonical one
         out[role] = v[0] if isinstance(v, list) and v else v
     return out
+
+
+# --- prompt encoding -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PromptFormat:
+    """How a model expects its prompts laid out (a ``generation_config.json`` may set both)."""
+
+    add_bos: bool = False  # prepend the BOS id to every prompt
+    prompt_length: int | None = None  # left-pad to this fixed length as *visible* tokens
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.add_bos, bool):
+            raise ValueError(f"add_bos must be true or false, got {self.add_bos!r}")
+        p = self.prompt_length
+        if p is not None and (isinstance(p, bool) or not isinstance(p, int) or p < 1):
+            raise ValueError(f"prompt_length must be an int >= 1 or null, got {p!r}")
+
+
+def encode_prompts(tok: TextTokenizer, prompts: list[str], fmt: PromptFormat = PromptFormat()
+                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Token ids (B, P) of ``prompts`` in ``fmt``, left-padded, and their attention mask.
+
+    With ``fmt.prompt_length`` every prompt is left-padded to that length with the pad id
+    *as visible tokens* (the format of a model trained on fixed-length padded prompts, like
+    the toy models), and the mask is None. Otherwise a batch of unequal prompts is
+    left-padded to the longest, as the public loops expect, and the mask (B, P) is False on
+    the padding (None when nothing is padded). The pad id is the mask id when the
+    tokenizer has none (padded keys are masked out of attention anyway).
+    """
+    if isinstance(prompts, str) or not prompts:
+        raise ValueError("prompts must be a non-empty list of strings")
+    bos = [tok.bos_token_id] if fmt.add_bos and tok.bos_token_id is not None else []
+    enc = [bos + tok.encode(p) for p in prompts]
+    P = max(len(e) for e in enc)
+    if fmt.prompt_length is not None:
+        if P > fmt.prompt_length:
+            raise ValueError(f"a prompt has {P} tokens, more than this model's prompt_length="
+                             f"{fmt.prompt_length} (generation_config.json); shorten it")
+        P = fmt.prompt_length
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.mask_token_id
+    ids = torch.tensor([[pad] * (P - len(e)) + e for e in enc], dtype=torch.long)  # (B, P)
+    if fmt.prompt_length is not None or all(len(e) == P for e in enc):
+        return ids, None
+    attn = torch.tensor([[False] * (P - len(e)) + [True] * len(e) for e in enc])  # (B, P)
+    return ids, attn

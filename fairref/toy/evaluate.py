@@ -1,10 +1,7 @@
 """Task accuracy and frontier statistics of a toy model under the library samplers (SPEC §2, §5).
 
-Generation goes through ``fairref.diffusion`` (``llada_generate`` for LLaDA,
-``dream_generate`` for Dream) with the toy report's default settings, ``SamplerConfig``:
-G = 16 generated tokens, 8 steps (so k_t = 2 tokens commit per LLaDA step; Dream's
-schedule commits 1–4), temperature 0, one block, LLaDA ``low_confidence`` and Dream
-``maskgit_plus`` — both rank candidates by the top-1 probability.
+Generation goes through ``fairref.diffusion.generate`` with the toy models' default
+settings, :data:`TOY_SAMPLER`.
 
 From a recorded trace (SPEC §2 "Trace") two statistics describe how close the teacher's
 decisions are (SPEC §3.1, §6 T4/T4s):
@@ -27,27 +24,16 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from fairref.diffusion import dream_generate, llada_generate
-from fairref.models import DreamModel
+from fairref.diffusion import SamplerSettings, generate
 from fairref.toy.char_tokenizer import GEN_LEN, decode_completion, encode_prompts
 from fairref.toy.tasks import TASKS, check, make_problems
 
 
-@dataclass(frozen=True)
-class SamplerConfig:
-    """The toy report's default sampler settings."""
-
-    steps: int = 8  # < G: several tokens commit per step (LLaDA: exactly 2)
-    gen_length: int = GEN_LEN  # G
-    block_length: int = GEN_LEN  # LLaDA: one block spanning the whole answer
-    dream_alg: str = "maskgit_plus"  # Dream: confidence = top-1 probability, like LLaDA
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.steps < self.gen_length:
-            raise ValueError(
-                f"steps must be in [1, gen_length={self.gen_length}) so that several "
-                f"tokens commit per step, got {self.steps}"
-            )
+#: the toy models' default sampler (both architectures): G = 16 tokens in 8 steps (so
+#: k_t = 2 tokens commit per LLaDA step; Dream's schedule commits 1–4), one block,
+#: temperature 0, LLaDA ``low_confidence`` and Dream ``maskgit_plus`` (both rank candidates
+#: by the top-1 probability). Each checkpoint's generation_config.json says the same.
+TOY_SAMPLER = SamplerSettings(steps=8, gen_length=GEN_LEN)
 
 
 @dataclass
@@ -57,20 +43,6 @@ class FrontierStats:
     margins: list[float] = field(default_factory=list)
     gaps: list[float] = field(default_factory=list)
     last_conf: list[float] = field(default_factory=list)  # the k_t-th confidence, per gap
-
-
-def generate(model, prompt_ids: Tensor, cfg: SamplerConfig, record: bool = False):
-    """The library sampler for ``model``'s architecture on ``prompt_ids`` ``(B, P)``.
-    Returns ids ``(B, L)``, or ``(ids, trace)`` when ``record``."""
-    if isinstance(model, DreamModel):
-        return dream_generate(
-            model, prompt_ids, steps=cfg.steps, max_new_tokens=cfg.gen_length,
-            alg=cfg.dream_alg, record=record,
-        )
-    return llada_generate(
-        model, prompt_ids, steps=cfg.steps, gen_length=cfg.gen_length,
-        block_length=cfg.block_length, record=record,
-    )
 
 
 def frontier_stats(trace) -> tuple[list[float], list[float], list[float]]:
@@ -93,7 +65,7 @@ def frontier_stats(trace) -> tuple[list[float], list[float], list[float]]:
 
 @torch.no_grad()
 def run_task(
-    model, task: str, problems: list[tuple[str, str]], cfg: SamplerConfig,
+    model, task: str, problems: list[tuple[str, str]], cfg: SamplerSettings = TOY_SAMPLER,
     stats: FrontierStats | None = None, chunk: int = 500, completions: list[str] | None = None,
 ) -> list[bool]:
     """Exact-match correctness of the sampler's answer for each problem of ``task``;
@@ -121,7 +93,7 @@ def run_task(
 
 def quick_accuracy(model, n: int = 48, seed: int = 123) -> str:
     """A short progress line: held-out accuracy per task on ``n`` problems each."""
-    cfg = SamplerConfig()
+    cfg = TOY_SAMPLER
     parts = []
     for task in TASKS:
         ok = run_task(model, task, make_problems(task, n, seed, split="heldout"), cfg)

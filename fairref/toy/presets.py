@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from fairref.models import DreamConfig, LLaDAConfig, build, save
-from fairref.toy.evaluate import SamplerConfig
+from fairref.toy.evaluate import TOY_SAMPLER
 from fairref.toy.char_tokenizer import (
     BOS_ID,
     EOS_ID,
@@ -113,13 +113,15 @@ def build_toy(arch: str) -> torch.nn.Module:
     return model
 
 
-def generation_config() -> dict:
+def generation_config(arch: str) -> dict:
     """The default sampler and the prompt format of the toy models, as ``fairref generate``
     reads them from ``generation_config.json``: BOS first, prompts left-padded to the fixed
     length P with visible pad tokens (as in training), G = 16 tokens in 8 steps, one block."""
-    cfg = SamplerConfig()  # the report's defaults: one source of truth
-    return {"steps": cfg.steps, "gen_length": cfg.gen_length, "block_length": cfg.block_length,
-            "alg": cfg.dream_alg, "add_bos": True, "prompt_length": PROMPT_LEN}
+    s = TOY_SAMPLER  # the report's defaults: one source of truth
+    own = ({"block_length": s.block_length or s.gen_length, "remasking": s.remasking}
+           if arch == "llada" else {"alg": s.alg})  # only keys that arch's sampler reads
+    return {"steps": s.steps, "gen_length": s.gen_length, **own, "add_bos": True,
+            "prompt_length": PROMPT_LEN}
 
 
 def save_toy(model: torch.nn.Module, arch: str, out: str | Path, train_config: dict | None = None) -> Path:
@@ -128,7 +130,7 @@ def save_toy(model: torch.nn.Module, arch: str, out: str | Path, train_config: d
     out = Path(out)
     save(model, out, dtype=torch.bfloat16, overwrite=True)
     write_tokenizer(out)
-    (out / "generation_config.json").write_text(json.dumps(generation_config(), indent=2) + "\n")
+    (out / "generation_config.json").write_text(json.dumps(generation_config(arch), indent=2) + "\n")
     if train_config is not None:
         (out / "train_config.json").write_text(json.dumps({"arch": arch, **train_config}, indent=2) + "\n")
     return out
