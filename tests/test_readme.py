@@ -24,3 +24,16 @@ def test_ci_runs_exactly_the_readme_test_command():
     """`.ci/run` must execute the README's test command verbatim, not a variant of it."""
     ci_lines = [ln.strip() for ln in (ROOT / ".ci" / "run").read_text().splitlines()]
     assert _readme_commands()[1].strip() in ci_lines
+
+
+def test_spec_copy_equals_the_shared_design():
+    """The repository carries the design its docstrings cite (SPEC.md); when the shared
+    design folder sits beside the checkout, the copy must equal it byte for byte."""
+    import pytest
+
+    shared = ROOT.parent / "shared" / "SPEC.md"
+    assert (ROOT / "SPEC.md").is_file(), "SPEC.md is missing from the repository root"
+    if not shared.is_file():
+        pytest.skip("no ../shared/SPEC.md beside this checkout")
+    assert (ROOT / "SPEC.md").read_bytes() == shared.read_bytes(), \
+        "SPEC.md differs from ../shared/SPEC.md: copy the shared design over"
