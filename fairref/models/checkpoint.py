@@ -274,8 +274,8 @@ def _generation_config_text(generation_config: Mapping[str, Any] | None) -> str 
         raise ValueError("save(generation_config=...) takes a dict, got "
                          f"{type(generation_config).__name__}")
     try:
-        return json.dumps(dict(generation_config), indent=2, sort_keys=True,
-                          allow_nan=False) + "\n"
+        # the caller's key order, as a hand-written file would have it
+        return json.dumps(dict(generation_config), indent=2, allow_nan=False) + "\n"
     except (TypeError, ValueError) as e:
         raise ValueError(f"save(generation_config=...) is not JSON-serialisable: {e}") from e
 
