@@ -240,7 +240,8 @@ def test_every_field_has_a_type_rule(cls):
     assert set(FIELD_KINDS[cls]) == {f.name for f in dataclasses.fields(cls)} - {"extra"}
 
 
-_not_number = st.one_of(st.booleans(), st.text(max_size=5), st.lists(st.integers(1, 9), max_size=2),
+_not_number = st.one_of(st.booleans(), st.text(max_size=5),
+                        st.lists(st.integers(1, 9), max_size=2),
                         st.dictionaries(st.text(max_size=2), st.integers(), max_size=1))
 
 
@@ -287,7 +288,8 @@ def test_wrong_field_value_message_says_what_was_expected(name, key, value):
         config_from_dict(raw)
 
 
-@pytest.mark.parametrize("name,key,value", [(LLADA, "rope_theta", 10000), (DREAM, "rope_theta", 1e4),
+@pytest.mark.parametrize("name,key,value", [(LLADA, "rope_theta", 10000),
+                                            (DREAM, "rope_theta", 1e4),
                                             (LLADA, "n_kv_heads", None),
                                             (DREAM, "num_key_value_heads", None),
                                             (DREAM, "eos_token_id", None)])
