@@ -1,14 +1,64 @@
 """The ``fairref`` command line (SPEC §8). argparse lives only here.
 
-Each subcommand is a pair ``_add_<name>(subparsers)`` / ``_run_<name>(args) -> int``; the
-run function imports the library lazily so ``fairref --help`` stays fast.
+Each subcommand is a pair ``_add_<name>(subparsers)`` / ``_run_<name>(args) -> int``,
+registered in ``_COMMANDS``; the run function imports the library lazily so
+``fairref --help`` stays fast.
+
+How a command reports errors (SPEC §7: no raw traceback reaches a user). A run function
+never prints and catches its own failures: it lets the library raise, or raises itself,
+
+- ``ValueError`` for bad input (a config value, a file's content, a flag combination), or
+- an ``OSError`` such as ``FileNotFoundError`` / ``FileExistsError`` for paths,
+
+with a message that says what was wrong, where (the file, key or ``--flag``) and how to
+fix it. :func:`main` wraps every run in one place: such an exception becomes the single
+line ``error: <message>`` on stderr and exit status 2; Ctrl-C prints ``interrupted`` and
+exits 130; anything else is a bug and keeps its traceback. Flag values are checked by
+argparse ``type=`` functions (:func:`positive_int`, ...), whose errors take the same
+one-line form. Exit statuses: 0 success, 1 a negative verdict (``golden --verify`` found
+disagreeing vectors), 2 an error the user can fix, 130 interrupted. A new command gets all
+of this by being added to ``_COMMANDS``.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
+from typing import NoReturn
+
+#: exceptions that are the user's to fix (see the module docstring): one line, exit 2
+EXPECTED_ERRORS = (ValueError, OSError)
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer ≥ 1 (``--steps 0`` is an error, not "use the default")."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if n <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return n
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite float ≥ 0."""
+    try:
+        x = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number ≥ 0, got {text!r}") from None
+    if not math.isfinite(x) or x < 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number ≥ 0, got {text!r}")
+    return x
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI's one-line error format (subparsers inherit the class)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see '{self.prog} --help')\n")
 
 
 def _add_golden(sub: argparse._SubParsersAction) -> None:
@@ -30,18 +80,17 @@ def _add_golden(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_golden(args: argparse.Namespace) -> int:
-    from fairref.quant import golden
+    from fairref.quant import golden, golden_cases
 
     if args.out is not None:
+        if args.out.is_dir():
+            raise ValueError(f"--out {args.out} is a directory; give a file name, e.g. "
+                             f"--out {args.out / 'int4_vectors.json'}")
         if args.out.exists() and not args.force:
-            print(f"error: {args.out} exists; pass --force to overwrite it", file=sys.stderr)
-            return 2
-        n = golden.write_vectors(args.out)
+            raise ValueError(f"{args.out} exists; pass --force to overwrite it")
+        n = golden_cases.write_vectors(args.out)  # creates a missing folder
         print(f"wrote {n} test vectors to {args.out}")
         return 0
-    if not args.verify.is_file():
-        print(f"error: no vectors file at {args.verify}", file=sys.stderr)
-        return 2
     report = golden.verify_vectors(args.verify)
     if report.failed:
         ids = ", ".join(str(t) for t in report.failed)
@@ -71,15 +120,15 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
                    help="checkpoint directory (the LLaDA-8B / Dream-7B layout)")
     p.add_argument("--prompt", required=True, action="append", metavar="TEXT",
                    help="prompt text; repeat the option for a batch of prompts")
-    p.add_argument("--steps", type=int, help="total sampling steps")
-    p.add_argument("--gen-length", type=int, help="number of tokens to generate")
-    p.add_argument("--block-length", type=int,
+    p.add_argument("--steps", type=positive_int, help="total sampling steps")
+    p.add_argument("--gen-length", type=positive_int, help="number of tokens to generate")
+    p.add_argument("--block-length", type=positive_int,
                    help="LLaDA block length (default: the whole generation region)")
     p.add_argument("--alg", choices=["origin", "maskgit_plus", "topk_margin", "entropy"],
                    help="Dream remasking algorithm")
     p.add_argument("--remasking", choices=["low_confidence", "random"],
                    help="LLaDA remasking strategy (default: low_confidence)")
-    p.add_argument("--temperature", type=float,
+    p.add_argument("--temperature", type=non_negative_float,
                    help="sampling temperature; 0 is greedy (default: 0)")
     p.add_argument("--seed", type=int, default=0, help="generator seed (default: %(default)s)")
     p.add_argument("--trace", type=Path, metavar="FILE",
@@ -137,12 +186,26 @@ def _run_generate(args: argparse.Namespace) -> int:
 _COMMANDS = {"golden": (_add_golden, _run_golden), "generate": (_add_generate, _run_generate)}
 
 
+def version() -> str:
+    """The installed distribution's version, else the source tree's ``__version__``."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("fairref")
+    except PackageNotFoundError:
+        from fairref import __version__
+
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="fairref",
         description="FAIR-Calib reference implementation: post-training quantization "
         "for diffusion LLMs (LLaDA, Dream).",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for add, _ in _COMMANDS.values():
@@ -151,8 +214,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; expected failures become one ``error:`` line and status 2."""
     args = build_parser().parse_args(argv)
-    return _COMMANDS[args.command][1](args)
+    try:
+        return _COMMANDS[args.command][1](args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except EXPECTED_ERRORS as e:
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        return 2
+
+
+def _one_line(e: BaseException) -> str:
+    """The message of ``e`` on one line; an OSError as "path: reason"."""
+    if isinstance(e, OSError) and e.strerror and e.filename is not None:
+        text = f"{e.filename}: {e.strerror}"
+    else:
+        text = str(e) or type(e).__name__
+    return " ".join(text.split())
 
 
 if __name__ == "__main__":  # pragma: no cover

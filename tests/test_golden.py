@@ -150,3 +150,56 @@ def test_dead_hessian_vectors_zero_the_dead_columns(doc):
         assert dead.any() and (_i(t["q"])[:, dead] == 0).all()
         n += 1
     assert n >= 1
+
+
+# --- not a vectors file: ValueError naming the file; the writer is atomic ------------------------
+
+
+@pytest.mark.parametrize("content,says", [
+    (b"\x89PNG\r\n", "not a JSON text file"),
+    (b"{", "not valid JSON"),
+    (b"[]", "holds a JSON list"),
+    (b'{"schema": null}', "schema None, not"),
+    (b'{"schema": "fairref-int4-vectors/1", "testGroups": {}}', "'testGroups'"),
+    (b'{"schema": "fairref-int4-vectors/1", "testGroups": [1]}', r"testGroups\[0\]"),
+])
+def test_a_file_that_is_not_a_vectors_file_is_a_value_error_naming_it(tmp_path, content, says):
+    f = tmp_path / "v.json"
+    f.write_bytes(content)
+    with pytest.raises(ValueError, match=says) as e:
+        verify_vectors(f)
+    assert str(f) in str(e.value)
+
+
+def test_a_malformed_invalid_vector_is_reported_not_raised(doc, tmp_path):
+    """An 'invalid' vector missing its inputs is a failing tcId, not a crash."""
+    bad = json.loads(json.dumps(doc))
+    t = next(t for _, t in _tests(bad, "QuantizeTest", "InvalidInput"))
+    del t["x"]
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(bad))
+    report = verify_vectors(path)
+    assert report.failed == [t["tcId"]] and "KeyError" in report.reasons[t["tcId"]]
+
+
+def test_writer_refuses_a_directory_and_leaves_no_temporary(tmp_path, monkeypatch):
+    from fairref.quant import golden_cases
+
+    monkeypatch.setattr(golden_cases, "build_vectors", lambda: {"numberOfTests": 0})
+    (tmp_path / "d").mkdir()
+    with pytest.raises(ValueError, match="is a directory"):
+        golden_cases.write_vectors(tmp_path / "d")
+    assert golden_cases.write_vectors(tmp_path / "sub" / "v.json") == 0  # folder created
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["d", "sub", "v.json"]
+
+
+def test_the_encoder_does_not_import_the_case_builders():
+    """STYLE: dependencies point one way — golden_cases uses golden's codecs, never back."""
+    import ast
+
+    import fairref.quant.golden as g
+
+    tree = ast.parse(Path(g.__file__).read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not any("golden_cases" in m for m in imported if m)

@@ -195,6 +195,43 @@ def test_missing_weights_is_an_error_naming_the_files(tmp_path):
         load(ck)
 
 
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
+@pytest.mark.parametrize("shards", [1, 2])
+def test_corrupt_safetensors_is_an_error_naming_the_file(damage, shards, tmp_path):
+    """A cut-off download or a file that is not safetensors at all: ValueError naming it."""
+    ck = write_public(tmp_path / "ck", tiny_raw("llada"), public_tensors("llada"), shards=shards)
+    victim = ck / ("model.safetensors" if shards == 1 else "model-00002-of-00002.safetensors")
+    data = victim.read_bytes()
+    victim.write_bytes({"truncated": data[: len(data) // 2], "garbage": b"<html>404</html>" * 8,
+                        "empty": b""}[damage])
+    with pytest.raises(ValueError, match=victim.name) as e:
+        load(ck)
+    assert "truncated or corrupt" in str(e.value)
+
+
+def test_model_path_that_is_a_file_or_missing_is_an_error_saying_so(tmp_path):
+    ck = write_public(tmp_path / "ck", tiny_raw("llada"), public_tensors("llada"))
+    with pytest.raises(FileNotFoundError, match="is a file, not a checkpoint directory"):
+        load(ck / "config.json")
+    with pytest.raises(FileNotFoundError, match="no checkpoint directory at .*nope"):
+        load(tmp_path / "nope")
+
+
+def test_bad_config_value_is_an_error_naming_the_file_and_the_key(tmp_path):
+    raw = {**tiny_raw("llada"), "rope_theta": "big"}
+    ck = write_public(tmp_path / "ck", raw, public_tensors("llada"))
+    with pytest.raises(ValueError, match=r"config\.json: .*'rope_theta' must be"):
+        load(ck)
+
+
+@pytest.mark.parametrize("text", ["{\"model_type\": ", "[1, 2]", "\udcff"])
+def test_config_json_that_is_not_a_json_object_is_an_error_naming_it(text, tmp_path):
+    ck = write_public(tmp_path / "ck", tiny_raw("llada"), public_tensors("llada"))
+    (ck / "config.json").write_bytes(text.encode("utf-8", "surrogateescape"))
+    with pytest.raises(ValueError, match="config.json"):
+        load(ck)
+
+
 # --- atomic save -------------------------------------------------------------------------
 
 
@@ -230,3 +267,86 @@ def test_llada_8b_preset_has_the_public_index_names_and_size():
                                        for i in range(32) for leaf in facts["per_block"]}
     assert len(names) == facts["n_tensors"] and set(sd) == names
     assert sum(t.numel() * 2 for t in sd.values()) == facts["total_size"]
+
+
+# --- save: tokenizer, generation_config, permissions, atomicity ---------------------------
+
+
+def _char_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    vocab = {t: i for i, t in enumerate(["<|pad|>", "<|eos|>", "<|mask|>", "<|unk|>"]
+                                        + list("0123456789+="))}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<|unk|>"))
+    tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    tok.decoder = decoders.Fuse()
+    return tok
+
+
+@pytest.mark.parametrize("as_path", [False, True])
+def test_save_with_tokenizer_and_generation_config_round_trips(as_path, tmp_path):
+    """What load, load_tokenizer and `fairref generate` read comes back as it was given."""
+    from fairref.models import load_tokenizer
+
+    model = random_model(config_from_dict(tiny_raw("llada")), seed=8)
+    tok = _char_tokenizer()
+    if as_path:
+        tok.save(str(tmp_path / "tokenizer.json"))
+        tok = tmp_path  # a directory holding tokenizer.json
+    gen = {"steps": 4, "gen_length": 8, "add_bos": False, "prompt_length": None}
+    out = save(model, tmp_path / "m", tokenizer=tok, generation_config=gen)
+    assert torch.equal(load(out).logits(X), model.logits(X))
+    assert json.loads((out / "generation_config.json").read_text()) == gen
+    text = load_tokenizer(out)
+    assert text.decode(text.encode("12+3=")) == "12+3="
+    assert text.mask_token_id == tiny_raw("llada")["mask_token_id"]  # from config.json
+
+
+def test_save_writes_ordinary_permissions(tmp_path):
+    """Under umask 022 the directory is 0o755 and every file 0o644 (not mkdtemp's 0o700,
+    which would hide a saved checkpoint from the other users of a shared machine)."""
+    model = random_model(config_from_dict(tiny_raw("dream")), seed=9)
+    old = os.umask(0o022)
+    try:
+        out = save(model, tmp_path / "m", max_shard_bytes=5000, tokenizer=_char_tokenizer(),
+                   generation_config={"steps": 4})
+    finally:
+        os.umask(old)
+    assert (out.stat().st_mode & 0o777) == 0o755
+    files = list(out.iterdir())
+    assert len(files) > 4 and all((f.stat().st_mode & 0o777) == 0o644 for f in files)
+
+
+class _FailingTokenizer:
+    """Looks like a tokenizers.Tokenizer; fails when written, after the weights are."""
+
+    def to_str(self):
+        return "{}"
+
+    def save(self, path):
+        raise OSError(28, "No space left on device", path)
+
+
+def test_a_failing_save_leaves_nothing_behind_and_the_old_directory_intact(tmp_path):
+    model = random_model(config_from_dict(tiny_raw("llada")), seed=10)
+    with pytest.raises(OSError, match="No space left"):
+        save(model, tmp_path / "new", tokenizer=_FailingTokenizer())
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "keep.txt").write_text("user data")
+    with pytest.raises(OSError, match="No space left"):
+        save(model, tmp_path / "old", tokenizer=_FailingTokenizer(), overwrite=True)
+    assert [p.name for p in tmp_path.iterdir()] == ["old"]
+    assert [p.name for p in (tmp_path / "old").iterdir()] == ["keep.txt"]
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(generation_config={"steps": float("nan")}), "generation_config"),
+    (dict(generation_config=[("steps", 4)]), "generation_config"),
+    (dict(tokenizer=42), "tokenizer"),
+    (dict(tokenizer="no/such/tokenizer.json"), "tokenizer.json")])
+def test_save_checks_its_extras_before_writing_anything(kwargs, match, tmp_path):
+    model = random_model(config_from_dict(tiny_raw("llada")), seed=11)
+    with pytest.raises((ValueError, FileNotFoundError), match=match):
+        save(model, tmp_path / "m", **kwargs)
+    assert list(tmp_path.iterdir()) == []

@@ -5,11 +5,13 @@ give the published numbers, write them back unchanged, and refuse every value th
 change the computation."""
 
 import dataclasses
+import difflib
 import json
+import math
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from fairref.models import DreamConfig, LLaDAConfig, config_from_dict
@@ -138,16 +140,160 @@ _json = st.recursive(
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
     max_leaves=6)
 _new_keys = st.dictionaries(
-    # the "x_" prefix keeps generated names disjoint from every key the configs know
-    st.text(alphabet="abcdefghijklmnopqrstuvwxyz_", max_size=12).map(lambda k: "x_" + k),
+    # "x_" + digits: unlike every key the configs know (no known key has a digit), so these
+    # are informational keys, never near misses of a known one
+    st.text(alphabet="0123456789", max_size=12).map(lambda k: "x_" + k),
     _json, max_size=4)
 
 
 @given(extra=_new_keys, which=st.sampled_from([LLADA, DREAM]))
 def test_informational_keys_are_kept_and_written_back(extra, which):
-    """Any unknown key with any JSON value survives from_dict → to_dict untouched, and does
-    not disturb the fields."""
+    """Any unknown key unlike every known key, with any JSON value, survives from_dict →
+    to_dict untouched, and does not disturb the fields."""
     raw = {**real(which), **extra}
     c = config_from_dict(raw)
     assert c.to_dict() == raw
     assert dataclasses.replace(c, extra={}) == dataclasses.replace(config_from_dict(real(which)), extra={})
+
+
+# --- misspelled keys -----------------------------------------------------------------------
+
+_LETTERS = "abcdefghijklmnopqrstuvwxyz_"
+
+
+@st.composite
+def _one_typo(draw):
+    """(config file, known key, that key with one deletion / insertion / substitution /
+    adjacent transposition) for a known key of at least 4 letters."""
+    name = draw(st.sampled_from([LLADA, DREAM]))
+    cls = LLaDAConfig if name == LLADA else DreamConfig
+    key = draw(st.sampled_from(sorted(k for k in cls.known_keys() if len(k) >= 4)))
+    i = draw(st.integers(0, len(key) - 1))
+    c = draw(st.sampled_from(_LETTERS))
+    edit = draw(st.sampled_from(["delete", "insert", "substitute", "transpose"]))
+    if edit == "delete":
+        typo = key[:i] + key[i + 1:]
+    elif edit == "insert":
+        typo = key[:i] + c + key[i:]
+    elif edit == "substitute":
+        typo = key[:i] + c + key[i + 1:]
+    else:
+        j = min(i + 1, len(key) - 1)
+        typo = key[:i] + key[j] + key[i + 1:j] + key[i] + key[j + 1:] if j > i else key
+    return name, cls, key, typo
+
+
+@given(case=_one_typo())
+def test_a_one_letter_typo_of_a_known_key_is_an_error_suggesting_a_closest_key(case):
+    """rope_thetta must not silently become rope_theta's default: the error names the typo
+    and suggests a known key at least as similar to it as the key the user meant."""
+    name, cls, key, typo = case
+    assume(typo not in cls.known_keys())  # an edit can land on another known key
+    raw = real(name)
+    raw[typo] = raw.pop(key, 1)
+    with pytest.raises(ValueError, match=repr(typo)) as e:
+        config_from_dict(raw)
+    suggested = str(e.value).split("did you mean ")[1].split("?")[0].strip("'")
+    ratio = lambda a: difflib.SequenceMatcher(None, typo, a).ratio()  # noqa: E731
+    assert suggested in cls.known_keys() and ratio(suggested) >= ratio(key)
+
+
+@pytest.mark.parametrize("name,typo,meant", [(LLADA, "rope_thetta", "rope_theta"),
+                                             (LLADA, "rms_norm_epss", "rms_norm_eps"),
+                                             (DREAM, "num_key_value_head", "num_key_value_heads"),
+                                             (DREAM, "hiden_size", "hidden_size")])
+def test_misspelled_key_names_the_key_it_resembles(name, typo, meant):
+    raw = real(name)
+    raw[typo] = raw.pop(meant)
+    with pytest.raises(ValueError, match=f"{typo!r}; did you mean {meant!r}"):
+        config_from_dict(raw)
+
+
+@pytest.mark.parametrize("name", [LLADA, DREAM, DIFFUCODER])
+def test_every_key_of_the_real_files_is_known(name):
+    """The published files carry many keys fairref does not use; none may read as a typo."""
+    raw = real(name)
+    cls = type(config_from_dict(raw))
+    assert set(raw) <= cls.known_keys()
+
+
+# --- field types and ranges ------------------------------------------------------------------
+
+# Independent of the code's own table: what SPEC §2 needs of each field.
+FIELD_KINDS = {
+    LLaDAConfig: {"d_model": "size", "n_heads": "size", "n_kv_heads": "size?",
+                  "n_layers": "size", "mlp_hidden_size": "size?", "mlp_ratio": "size",
+                  "vocab_size": "size", "embedding_size": "size?", "rope_theta": "real",
+                  "rms_norm_eps": "real", "max_sequence_length": "size",
+                  "mask_token_id": "id", "eos_token_id": "id?", "pad_token_id": "id?"},
+    DreamConfig: {"hidden_size": "size", "intermediate_size": "size",
+                  "num_attention_heads": "size", "num_key_value_heads": "size?",
+                  "num_hidden_layers": "size", "vocab_size": "size", "rope_theta": "real",
+                  "rms_norm_eps": "real", "max_position_embeddings": "size",
+                  "mask_token_id": "id", "bos_token_id": "id?", "eos_token_id": "id?",
+                  "pad_token_id": "id?"},
+}  # Dream's num_key_value_heads: null means "= num_attention_heads" (Qwen2)
+
+
+@pytest.mark.parametrize("cls", [LLaDAConfig, DreamConfig])
+def test_every_field_has_a_type_rule(cls):
+    assert set(FIELD_KINDS[cls]) == {f.name for f in dataclasses.fields(cls)} - {"extra"}
+
+
+_not_number = st.one_of(st.booleans(), st.text(max_size=5),
+                        st.lists(st.integers(1, 9), max_size=2),
+                        st.dictionaries(st.text(max_size=2), st.integers(), max_size=1))
+
+
+def _bad_value(kind: str):
+    """Values of the wrong JSON type or out of range for ``kind``, including True (an int
+    in Python), integral floats like 4096.0, 0, negatives, NaN and ±inf."""
+    null = st.just(None) if not kind.endswith("?") else st.nothing()
+    floats = st.floats(allow_nan=True, allow_infinity=True)
+    if kind.startswith("size"):
+        return _not_number | null | floats | st.integers(max_value=0)
+    if kind.startswith("id"):
+        return _not_number | null | floats | st.integers(max_value=-1)
+    return (_not_number | null | st.floats(max_value=0.0) | st.just(math.inf)
+            | st.just(math.nan))  # "real": any number > 0 and finite is fine
+
+
+@st.composite
+def _bad_field(draw):
+    name = draw(st.sampled_from([LLADA, DREAM]))
+    cls = LLaDAConfig if name == LLADA else DreamConfig
+    key, kind = draw(st.sampled_from(sorted(FIELD_KINDS[cls].items())))
+    return name, key, draw(_bad_value(kind))
+
+
+@given(case=_bad_field())
+def test_a_field_of_the_wrong_type_or_range_is_an_error_at_load_naming_the_key(case):
+    """rope_theta: "big" or rms_norm_eps: null must fail when the config is read, not at the
+    first forward, and the message must name the key."""
+    name, key, value = case
+    raw = real(name)
+    raw[key] = value
+    with pytest.raises(ValueError, match=repr(key)):
+        config_from_dict(raw)
+
+
+@pytest.mark.parametrize("name,key,value", [(LLADA, "rope_theta", "big"),
+                                            (DREAM, "rms_norm_eps", None),
+                                            (LLADA, "n_layers", True),
+                                            (DREAM, "rope_theta", 0)])
+def test_wrong_field_value_message_says_what_was_expected(name, key, value):
+    raw = real(name)
+    raw[key] = value
+    with pytest.raises(ValueError, match=f"{key!r} must be a .*, got "):
+        config_from_dict(raw)
+
+
+@pytest.mark.parametrize("name,key,value", [(LLADA, "rope_theta", 10000),
+                                            (DREAM, "rope_theta", 1e4),
+                                            (LLADA, "n_kv_heads", None),
+                                            (DREAM, "num_key_value_heads", None),
+                                            (DREAM, "eos_token_id", None)])
+def test_valid_values_of_either_json_number_type_or_null_are_accepted(name, key, value):
+    raw = real(name)
+    raw[key] = value
+    assert config_from_dict(raw).to_dict() == raw

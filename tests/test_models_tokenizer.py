@@ -67,6 +67,24 @@ def test_missing_tokenizer_json_is_an_error_naming_it(tmp_path):
         load_tokenizer(tmp_path)
 
 
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "not a tokenizer"])
+def test_corrupt_tokenizer_json_is_an_error_naming_it(damage, tmp_path):
+    char_tokenizer_json(tmp_path)
+    f = tmp_path / "tokenizer.json"
+    text = f.read_text()
+    f.write_text({"truncated": text[: len(text) // 2], "garbage": "\x00\x01 not json",
+                  "not a tokenizer": json.dumps({"model": {"type": "Nope"}})}[damage])
+    with pytest.raises(ValueError, match=r"tokenizer\.json is not a readable tokenizer\.json"):
+        load_tokenizer(tmp_path)
+
+
+def test_corrupt_config_json_beside_the_tokenizer_is_an_error_naming_it(tmp_path):
+    char_tokenizer_json(tmp_path)
+    (tmp_path / "config.json").write_text('{"mask_token_id": ')
+    with pytest.raises(ValueError, match="config.json is not valid JSON"):
+        load_tokenizer(tmp_path)
+
+
 def test_toy_char_tokenizer_works_through_the_wrapper(tmp_path):
     """The toy models' own tokenizer.json (built in toy_models/) loads unchanged."""
     char = pytest.importorskip("fairref.toy.char_tokenizer")

@@ -21,7 +21,6 @@ Legend: B batch, P prompt length, G generation length, L = P + G.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from torch import Tensor
 from fairref.diffusion.dream_sampler import ALGS, dream_generate
 from fairref.diffusion.llada_sampler import REMASKING, llada_generate
 from fairref.diffusion.sampler import check_positive_int
+from fairref.files import read_json
 from fairref.models.tokenizer import PromptFormat, TextTokenizer, encode_prompts
 
 
@@ -123,10 +123,7 @@ def load_generation_config(path: str | Path, family: str) -> tuple[SamplerSettin
     file = path if path.suffix == ".json" else path / "generation_config.json"
     if not file.is_file():
         return SamplerSettings(), PromptFormat()
-    try:
-        raw = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{file}: not valid JSON ({e}); fix or delete the file") from e
+    raw = read_json(file, "generation config")
     if not isinstance(raw, dict):
         raise ValueError(f"{file}: must hold a JSON object, got {type(raw).__name__}")
     used = LLADA_FIELDS if family == "llada" else DREAM_FIELDS

@@ -13,25 +13,26 @@ file. It never unpickles and never runs code from the checkpoint. The model is f
 built on the ``meta`` device (no random init, no memory) and the tensors read from disk
 are assigned into it, so LLaDA-8B in bfloat16 loads straight onto a GPU.
 
-:func:`save` writes the same layout atomically: everything goes into a temporary
-directory next to the target, which is renamed into place at the end; an existing
-non-empty target is refused unless ``overwrite=True``.
+:func:`save` writes the same layout atomically (:func:`fairref.files.atomic_directory`:
+a temporary directory next to the target, renamed into place at the end, with ordinary
+permissions); an existing non-empty target is refused unless ``overwrite=True``. It can
+add what :func:`load`, :func:`load_tokenizer` and ``fairref generate`` read beside the
+weights: ``tokenizer.json`` and ``generation_config.json``.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from fairref.files import atomic_directory, read_json
 from fairref.models.config import DreamConfig, LLaDAConfig, config_from_dict
 from fairref.models.dream import DreamModel
 from fairref.models.llada import LLaDAModel
@@ -39,6 +40,8 @@ from fairref.models.llada import LLaDAModel
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
+TOKENIZER_FILE = "tokenizer.json"
+GENERATION_CONFIG_FILE = "generation_config.json"
 
 Model = LLaDAModel | DreamModel
 
@@ -77,25 +80,35 @@ def _is_norm(name: str) -> bool:
 
 
 def read_config(path: str | Path) -> LLaDAConfig | DreamConfig:
-    """Parse and validate ``path/config.json``."""
-    file = Path(path) / CONFIG_FILE
+    """Parse and validate ``path/config.json``; every error names the file."""
+    path = _checkpoint_dir(path)
+    file = path / CONFIG_FILE
     if not file.is_file():
-        raise FileNotFoundError(f"no {CONFIG_FILE} in checkpoint directory {Path(path)}")
+        raise FileNotFoundError(f"no {CONFIG_FILE} in {path}: a checkpoint directory holds "
+                                f"{CONFIG_FILE} and {WEIGHTS_FILE} (or its shards)")
+    raw = read_json(file, "model config")
     try:
-        raw = json.loads(file.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{file} is not valid JSON: {e}") from e
-    return config_from_dict(raw)
+        return config_from_dict(raw)
+    except ValueError as e:
+        raise ValueError(f"{file}: {e}") from e
+
+
+def _checkpoint_dir(path: str | Path) -> Path:
+    """``path`` as a directory, or an error saying what it is instead."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint directory at {path}")
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} is a file, not a checkpoint directory: pass the "
+                                f"folder that holds {CONFIG_FILE} and {WEIGHTS_FILE}")
+    return path
 
 
 def _weight_files(path: Path) -> dict[str, list[str]]:
     """shard file → tensor names it must hold, from the index or the single file."""
     index = path / INDEX_FILE
     if index.is_file():
-        try:
-            raw = json.loads(index.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{index} is not valid JSON: {e}") from e
+        raw = read_json(index, "shard index")
         wmap = raw.get("weight_map") if isinstance(raw, dict) else None
         if not isinstance(wmap, dict) or not wmap or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in wmap.items()):
@@ -110,7 +123,7 @@ def _weight_files(path: Path) -> dict[str, list[str]]:
         for shard in shards:
             if not (path / shard).is_file():
                 raise FileNotFoundError(f"{index} names shard {shard!r}, which is missing "
-                                        f"from {path}")
+                                        f"from {path}; the download may be incomplete")
         return shards
     if (path / WEIGHTS_FILE).is_file():
         return {WEIGHTS_FILE: []}  # [] = whatever the single file holds
@@ -122,21 +135,34 @@ def read_weights(path: str | Path, device: torch.device | str = "cpu") -> dict[s
     path = Path(path)
     tensors: dict[str, Tensor] = {}
     for shard, expected in _weight_files(path).items():
-        with safe_open(str(path / shard), framework="pt", device=str(device)) as f:
-            names = list(f.keys())
-            if expected:
-                absent = sorted(set(expected) - set(names))
-                if absent:
-                    raise ValueError(f"{INDEX_FILE} maps {absent[:5]} to {shard!r}, which does "
-                                     "not contain them")
-                stray = sorted(set(names) - set(expected))
-                if stray:
-                    raise ValueError(f"unexpected key(s) {stray[:5]} in shard {shard!r}: not "
-                                     f"listed for it in {INDEX_FILE}")
-            for name in names:
-                if name in tensors:
-                    raise ValueError(f"tensor {name!r} appears in more than one shard")
-                tensors[name] = f.get_tensor(name)
+        try:
+            tensors.update(_read_shard(path / shard, expected, tensors, device))
+        except SafetensorError as e:  # a truncated download, or not a safetensors file
+            raise ValueError(f"{path / shard} is not a readable safetensors file ({e}); "
+                             "it may be truncated or corrupt: download it again") from e
+    return tensors
+
+
+def _read_shard(file: Path, expected: list[str], seen: Mapping[str, Tensor],
+                device: torch.device | str) -> dict[str, Tensor]:
+    """The tensors of one safetensors file, checked against the index's ``expected``."""
+    shard = file.name
+    tensors: dict[str, Tensor] = {}
+    with safe_open(str(file), framework="pt", device=str(device)) as f:
+        names = list(f.keys())
+        if expected:
+            absent = sorted(set(expected) - set(names))
+            if absent:
+                raise ValueError(f"{INDEX_FILE} maps {absent[:5]} to {shard!r}, which does "
+                                 "not contain them")
+            stray = sorted(set(names) - set(expected))
+            if stray:
+                raise ValueError(f"unexpected key(s) {stray[:5]} in shard {shard!r}: not "
+                                 f"listed for it in {INDEX_FILE}")
+        for name in names:
+            if name in seen:
+                raise ValueError(f"tensor {name!r} appears in more than one shard")
+            tensors[name] = f.get_tensor(name)
     return tensors
 
 
@@ -166,10 +192,11 @@ def load(path: str | Path, dtype: torch.dtype | None = None,
     """Load the checkpoint directory ``path``.
 
     ``dtype=None`` means float32 (the reference computes in float32; bfloat16 weights are
-    upcast exactly). Pass ``torch.bfloat16`` for 8B models on a GPU."""
-    path = Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"checkpoint directory {path} does not exist")
+    upcast exactly). Pass ``torch.bfloat16`` for 8B models on a GPU. Every way a directory
+    can be unusable (missing, a file, no config.json, a bad config value, a missing or
+    corrupt shard, a missing or misshapen tensor) raises ``FileNotFoundError`` or
+    ``ValueError`` naming the file or key."""
+    path = _checkpoint_dir(path)
     dtype = torch.float32 if dtype is None else dtype
     if not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating-point dtype, got {dtype}")
@@ -186,34 +213,71 @@ def load(path: str | Path, dtype: torch.dtype | None = None,
 
 
 def save(model: Model, path: str | Path, dtype: torch.dtype | None = None,
-         max_shard_bytes: int | None = None, overwrite: bool = False) -> Path:
+         max_shard_bytes: int | None = None, overwrite: bool = False,
+         tokenizer: str | Path | Any | None = None,
+         generation_config: Mapping[str, Any] | None = None) -> Path:
     """Write ``model`` as ``config.json`` + safetensors into the directory ``path``.
 
     ``dtype=None`` keeps each tensor's dtype. With ``max_shard_bytes`` the tensors are
     split, in name order, into shards of at most that many bytes (a single larger tensor
-    gets a shard of its own) and an index is written. Returns ``path``."""
+    gets a shard of its own) and an index is written. ``tokenizer`` adds
+    ``tokenizer.json``: a path to copy (the file, or a directory holding it), a
+    ``tokenizers.Tokenizer``, or a :class:`~fairref.models.TextTokenizer`.
+    ``generation_config`` (a JSON-serialisable dict, e.g. ``{"steps": 8, "gen_length":
+    16}``) is written as ``generation_config.json``. Everything appears at once or not at
+    all; files get mode 0o644 and the directory 0o755 under the usual umask 022.
+    Returns ``path``."""
     path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise FileExistsError(f"{path} exists and is not a directory")
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
-        raise FileExistsError(f"{path} exists and is not empty; pass overwrite=True to replace it")
     if max_shard_bytes is not None and max_shard_bytes <= 0:
         raise ValueError(f"max_shard_bytes must be positive, got {max_shard_bytes}")
+    # check every input before anything is written
+    tok_source = _tokenizer_source(tokenizer)
+    gen_text = _generation_config_text(generation_config)
     state = {k: v.detach().to("cpu", dtype or v.dtype).contiguous()
              for k, v in model.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
+    with atomic_directory(path, overwrite=overwrite) as tmp:
         (tmp / CONFIG_FILE).write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
         if max_shard_bytes is None:
             save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         else:
             _save_sharded(state, tmp, max_shard_bytes)
-        _replace_dir(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        if isinstance(tok_source, Path):
+            shutil.copyfile(tok_source, tmp / TOKENIZER_FILE)
+        elif tok_source is not None:
+            tok_source.save(str(tmp / TOKENIZER_FILE))
+        if gen_text is not None:
+            (tmp / GENERATION_CONFIG_FILE).write_text(gen_text)
     return path
+
+
+def _tokenizer_source(tokenizer: str | Path | Any | None) -> Path | Any | None:
+    """The tokenizer.json file to copy, or an object with ``.save(str)``, or None."""
+    if tokenizer is None:
+        return None
+    if isinstance(tokenizer, (str, Path)):
+        file = Path(tokenizer)
+        file = file / TOKENIZER_FILE if file.is_dir() else file
+        if not file.is_file():
+            raise FileNotFoundError(f"save(tokenizer=...): no {TOKENIZER_FILE} at {tokenizer}")
+        return file
+    tok = getattr(tokenizer, "tokenizer", tokenizer)  # a TextTokenizer wraps a Tokenizer
+    if not callable(getattr(tok, "save", None)) or not callable(getattr(tok, "to_str", None)):
+        raise ValueError("save(tokenizer=...) takes a path to a tokenizer.json, a "
+                         f"tokenizers.Tokenizer or a TextTokenizer, got {type(tokenizer).__name__}")
+    return tok
+
+
+def _generation_config_text(generation_config: Mapping[str, Any] | None) -> str | None:
+    if generation_config is None:
+        return None
+    if not isinstance(generation_config, Mapping):
+        raise ValueError("save(generation_config=...) takes a dict, got "
+                         f"{type(generation_config).__name__}")
+    try:
+        # the caller's key order, as a hand-written file would have it
+        return json.dumps(dict(generation_config), indent=2, allow_nan=False) + "\n"
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"save(generation_config=...) is not JSON-serialisable: {e}") from e
 
 
 def _save_sharded(state: dict[str, Tensor], out: Path, max_shard_bytes: int) -> None:
@@ -235,15 +299,3 @@ def _save_sharded(state: dict[str, Tensor], out: Path, max_shard_bytes: int) -> 
     total = sum(t.numel() * t.element_size() for t in state.values())
     index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
     (out / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
-
-
-def _replace_dir(tmp: Path, path: Path) -> None:
-    """Rename ``tmp`` to ``path``; an existing ``path`` is moved aside first, then removed."""
-    old = None
-    if path.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
-        os.rmdir(old)
-        os.rename(path, old)
-    os.rename(tmp, path)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

@@ -14,12 +14,20 @@ of Dream-v0 (``configuration_dream.py``, ``modeling_dream.py``).
 Key policy (SPEC §7: "unknown or unsupported config values are errors that name the key").
 Every key of the file lands in one of three places:
 
-1. a dataclass field (sizes, eps, theta, token ids);
+1. a dataclass field (sizes, eps, theta, token ids), type- and range-checked when the
+   config is built (positive ints, finite positive floats, non-negative token ids; a
+   boolean is never accepted as a number), so a bad value fails at load, not at the first
+   forward;
 2. a *guarded* key whose value changes the math: it must hold the one value we implement
    (e.g. ``alibi: false``, ``rope_scaling: null``, ``hidden_act: "silu"``), else
    ``ValueError`` naming the key and the value; the value is kept in ``extra``;
 3. anything else is informational (dropout rates, ``init_fn``, ``auto_map``,
-   ``transformers_version``, ...) and is kept verbatim in ``extra``.
+   ``transformers_version``, ...) and is kept verbatim in ``extra`` — *unless* it is a
+   near miss of a key we know (``difflib`` similarity ≥ 0.75, which every one-letter typo
+   of a known key of 4+ letters reaches): ``rope_thetta`` is an error naming
+   ``rope_theta``, since otherwise the default would silently replace the user's value.
+   The known keys are the fields, the guarded keys, the informational keys of the
+   published file and the generic keys Hugging Face writes into every config.
 
 ``to_dict()`` returns ``extra`` merged with the fields, so ``from_dict(d).to_dict() == d``
 for every accepted ``d`` and ``save`` writes the informational keys back.
@@ -34,6 +42,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping
 
@@ -70,6 +80,75 @@ _DREAM_7B_EXTRA = {
 }
 
 
+#: keys Hugging Face's ``PretrainedConfig`` may write into any config.json: known, unused
+_HF_GENERIC_KEYS = frozenset({
+    "_name_or_path", "architectures", "model_type", "transformers_version", "torch_dtype",
+    "dtype", "use_cache", "bos_token_id", "eos_token_id", "pad_token_id", "sep_token_id",
+    "decoder_start_token_id", "tie_word_embeddings", "is_encoder_decoder", "is_decoder",
+    "add_cross_attention", "output_attentions", "output_hidden_states", "return_dict",
+    "torchscript", "use_bfloat16", "tokenizer_class", "id2label", "label2id",
+    "num_labels", "problem_type", "finetuning_task", "prefix", "task_specific_params",
+    "pruned_heads", "chunk_size_feed_forward", "tf_legacy_loss", "auto_map",
+    "attn_implementation", "quantization_config",
+})
+
+#: the similarity (difflib ratio) from which an unknown key counts as a misspelling
+_TYPO_CUTOFF = 0.75
+
+
+def _check_unknown(raw: Mapping[str, Any], known: frozenset[str], arch: str) -> None:
+    """Raise ``ValueError`` for a key that is unknown but close to a known one (a typo)."""
+    for key in raw:
+        if key in known:
+            continue
+        close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=_TYPO_CUTOFF)
+        if close:
+            raise ValueError(
+                f"{arch} config: unknown key {key!r}; did you mean {close[0]!r}? Fix the "
+                "spelling (an unknown key is ignored, so the default would be used instead)")
+
+
+#: value kinds of the dataclass fields → (test, what the error says is expected)
+_KINDS = {
+    "size": (lambda v: _is_int(v) and v > 0, "a positive integer"),
+    "size?": (lambda v: v is None or (_is_int(v) and v > 0), "a positive integer or null"),
+    "real": (lambda v: _is_real(v) and math.isfinite(v) and v > 0,
+             "a finite positive number"),
+    "id": (lambda v: _is_int(v) and v >= 0, "a non-negative integer token id"),
+    "id?": (lambda v: v is None or (_is_int(v) and v >= 0),
+            "a non-negative integer token id or null"),
+}
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)  # True is an int in Python
+
+
+def _is_real(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _json_type(v: Any) -> str:
+    """How a value reads in config.json, for error messages."""
+    if v is None:
+        return "null"
+    return {bool: "a boolean", str: "a string", list: "a list", dict: "an object",
+            int: "an integer", float: "a number"}.get(type(v), type(v).__name__)
+
+
+def _check_fields(cfg: Any, kinds: Mapping[str, str], arch: str) -> None:
+    """Type and range of every field, before any arithmetic uses them."""
+    if not isinstance(cfg.extra, dict):
+        raise ValueError(f"{arch} config: extra must be a dict, got {_json_type(cfg.extra)}")
+    for name, kind in kinds.items():
+        ok, expected = _KINDS[kind]
+        v = getattr(cfg, name)
+        if not ok(v):
+            shown = "null" if v is None else f"{v!r} ({_json_type(v)})"
+            raise ValueError(f"{arch} config: key {name!r} must be {expected}, got {shown}; "
+                             "fix it in config.json")
+
+
 def _check_guarded(raw: Mapping[str, Any], guarded: Mapping[str, tuple], arch: str) -> None:
     """Raise ``ValueError`` for a guarded key whose value is not one we implement.
 
@@ -81,18 +160,20 @@ def _check_guarded(raw: Mapping[str, Any], guarded: Mapping[str, tuple], arch: s
             continue
         if not any(value == a and type(value) is type(a) for a in accepted):
             raise ValueError(
-                f"config.json: {arch} key {key!r} = {value!r} is not supported (it changes "
+                f"{arch} config: key {key!r} = {value!r} is not supported (it changes "
                 f"the computation); fairref implements only {key!r} in {list(accepted)!r}"
             )
 
 
-def _split(raw: Mapping[str, Any], cls: type, required: tuple[str, ...], arch: str) -> dict:
+def _split(raw: Mapping[str, Any], cls: type, arch: str) -> dict:
     """Take the dataclass fields out of ``raw``; the rest goes to ``extra``."""
     if not isinstance(raw, Mapping):
-        raise ValueError(f"config.json must hold a JSON object, got {type(raw).__name__}")
-    missing = [k for k in required if k not in raw]
+        raise ValueError(f"config.json must hold a JSON object, got {_json_type(raw)}")
+    _check_unknown(raw, cls.known_keys(), arch)  # first: a typo'd required key is a typo
+    missing = [k for k in cls.REQUIRED if k not in raw]
     if missing:
-        raise ValueError(f"config.json: {arch} config lacks required key(s) {missing}")
+        raise ValueError(f"{arch} config lacks required key(s) {missing}; add them to "
+                         "config.json")
     names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
     kwargs = {k: raw[k] for k in names if k in raw}
     kwargs["extra"] = {k: v for k, v in raw.items() if k not in names}
@@ -110,11 +191,10 @@ def _to_dict(cfg: Any, model_type: str) -> dict[str, Any]:
     return dict(sorted(out.items()))
 
 
-def _positive(cfg: Any, *names: str) -> None:
-    for n in names:
-        v = getattr(cfg, n)
-        if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-            raise ValueError(f"config: {n} must be a positive integer, got {v!r}")
+def _known_keys(cls: type, informational: Mapping[str, Any]) -> frozenset[str]:
+    """Every key a config.json of ``cls`` may carry without being a possible typo."""
+    fields = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+    return frozenset(fields | set(cls.GUARDED) | set(informational) | _HF_GENERIC_KEYS)
 
 
 @dataclass(frozen=True)
@@ -176,22 +256,30 @@ class LLaDAConfig:
     }
     REQUIRED: ClassVar[tuple[str, ...]] = ("d_model", "n_heads", "n_layers", "vocab_size",
                                            "mask_token_id")
+    #: how each field is checked (see ``_KINDS``)
+    KINDS: ClassVar[dict[str, str]] = {
+        "d_model": "size", "n_heads": "size", "n_kv_heads": "size?", "n_layers": "size",
+        "mlp_hidden_size": "size?", "mlp_ratio": "size", "vocab_size": "size",
+        "embedding_size": "size?", "rope_theta": "real", "rms_norm_eps": "real",
+        "max_sequence_length": "size", "mask_token_id": "id", "eos_token_id": "id?",
+        "pad_token_id": "id?",
+    }
 
     def __post_init__(self) -> None:
-        _positive(self, "d_model", "n_heads", "n_layers", "vocab_size")
+        _check_fields(self, self.KINDS, "LLaDA")
         if self.d_model % self.n_heads:
-            raise ValueError(f"config: d_model={self.d_model} is not divisible by "
+            raise ValueError(f"LLaDA config: d_model={self.d_model} is not divisible by "
                              f"n_heads={self.n_heads}")
         if self.n_heads % self.kv_heads:
-            raise ValueError(f"config: n_heads={self.n_heads} is not a multiple of "
+            raise ValueError(f"LLaDA config: n_heads={self.n_heads} is not a multiple of "
                              f"n_kv_heads={self.n_kv_heads}")
         if self.head_dim % 2:
-            raise ValueError(f"config: head_dim={self.head_dim} must be even for RoPE")
+            raise ValueError(f"LLaDA config: head_dim={self.head_dim} must be even for RoPE")
         if self.padded_vocab < self.vocab_size:
-            raise ValueError(f"config: embedding_size={self.embedding_size} < "
+            raise ValueError(f"LLaDA config: embedding_size={self.embedding_size} < "
                              f"vocab_size={self.vocab_size}")
         if not 0 <= self.mask_token_id < self.padded_vocab:
-            raise ValueError(f"config: mask_token_id={self.mask_token_id} outside the "
+            raise ValueError(f"LLaDA config: mask_token_id={self.mask_token_id} outside the "
                              f"embedding (size {self.padded_vocab})")
         _check_guarded(self.extra, self.GUARDED, "LLaDA")
 
@@ -216,7 +304,11 @@ class LLaDAConfig:
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> "LLaDAConfig":
         """Build from a parsed ``config.json``; see the module docstring for the policy."""
-        return cls(**_split(raw, cls, cls.REQUIRED, "LLaDA"))
+        return cls(**_split(raw, cls, "LLaDA"))
+
+    @classmethod
+    def known_keys(cls) -> frozenset[str]:
+        return _known_keys(cls, _LLADA_8B_EXTRA)
 
     def to_dict(self) -> dict[str, Any]:
         return _to_dict(self, "llada")
@@ -269,25 +361,33 @@ class DreamConfig:
                                            "num_attention_heads", "num_hidden_layers",
                                            "vocab_size", "mask_token_id")
 
+    #: how each field is checked (see ``_KINDS``)
+    KINDS: ClassVar[dict[str, str]] = {
+        "hidden_size": "size", "intermediate_size": "size", "num_attention_heads": "size",
+        "num_key_value_heads": "size", "num_hidden_layers": "size", "vocab_size": "size",
+        "rope_theta": "real", "rms_norm_eps": "real", "max_position_embeddings": "size",
+        "mask_token_id": "id", "bos_token_id": "id?", "eos_token_id": "id?",
+        "pad_token_id": "id?",
+    }
+
     def __post_init__(self) -> None:
-        _positive(self, "hidden_size", "intermediate_size", "num_attention_heads",
-                  "num_key_value_heads", "num_hidden_layers", "vocab_size")
+        _check_fields(self, self.KINDS, "Dream")
         if self.hidden_size % self.num_attention_heads:
-            raise ValueError(f"config: hidden_size={self.hidden_size} is not divisible by "
+            raise ValueError(f"Dream config: hidden_size={self.hidden_size} is not divisible by "
                              f"num_attention_heads={self.num_attention_heads}")
         if self.num_attention_heads % self.num_key_value_heads:
-            raise ValueError(f"config: num_attention_heads={self.num_attention_heads} is not "
+            raise ValueError(f"Dream config: num_attention_heads={self.num_attention_heads} is not "
                              f"a multiple of num_key_value_heads={self.num_key_value_heads}")
         if self.head_dim % 2:
-            raise ValueError(f"config: head_dim={self.head_dim} must be even for RoPE")
+            raise ValueError(f"Dream config: head_dim={self.head_dim} must be even for RoPE")
         # Dream's modeling code derives head_dim = hidden_size // heads and ignores the key
         head_dim = self.extra.get("head_dim")
         if head_dim is not None and head_dim != self.head_dim:
-            raise ValueError(f"config.json: Dream key 'head_dim' = {head_dim!r} differs from "
+            raise ValueError(f"Dream config: key 'head_dim' = {head_dim!r} differs from "
                              f"hidden_size // num_attention_heads = {self.head_dim}; "
                              "fairref implements only the derived head size")
         if not 0 <= self.mask_token_id < self.vocab_size:
-            raise ValueError(f"config: mask_token_id={self.mask_token_id} outside the "
+            raise ValueError(f"Dream config: mask_token_id={self.mask_token_id} outside the "
                              f"vocabulary (size {self.vocab_size})")
         _check_guarded(self.extra, self.GUARDED, "Dream")
 
@@ -300,13 +400,17 @@ class DreamConfig:
         """Build from a parsed ``config.json``; see the module docstring for the policy.
 
         ``num_key_value_heads`` defaults to ``num_attention_heads`` when absent (Qwen2)."""
-        raw = dict(raw)
-        kwargs = _split(raw, cls, cls.REQUIRED, "Dream")
+        kwargs = _split(raw, cls, "Dream")
         if "num_key_value_heads" not in raw or raw["num_key_value_heads"] is None:
             kwargs["num_key_value_heads"] = raw["num_attention_heads"]
             if "num_key_value_heads" in raw:  # keep the explicit null for the round trip
                 kwargs["extra"]["num_key_value_heads"] = None
         return cls(**kwargs)
+
+    @classmethod
+    def known_keys(cls) -> frozenset[str]:
+        # head_dim: accepted when it equals the derived head size (checked above)
+        return _known_keys(cls, _DREAM_7B_EXTRA) | {"head_dim"}
 
     def to_dict(self) -> dict[str, Any]:
         out = _to_dict(self, "Dream")
@@ -318,14 +422,19 @@ class DreamConfig:
 def config_from_dict(raw: Mapping[str, Any]) -> LLaDAConfig | DreamConfig:
     """Dispatch on ``model_type`` ("llada" → LLaDA, "Dream" → Dream) and ``architectures``."""
     if not isinstance(raw, Mapping):
-        raise ValueError(f"config.json must hold a JSON object, got {type(raw).__name__}")
+        raise ValueError(f"config.json must hold a JSON object, got {_json_type(raw)}")
     model_type = raw.get("model_type")
     expected_arch = {"llada": "LLaDAModelLM", "Dream": "DreamModel"}
+    if "model_type" not in raw:  # a typo of it would otherwise read as "not supported"
+        typo = difflib.get_close_matches("model_type", list(raw), n=1, cutoff=_TYPO_CUTOFF)
+        if typo:
+            raise ValueError(f"config: unknown key {typo[0]!r}; did you mean 'model_type'? "
+                             "Fix the spelling")
     if model_type not in expected_arch:
-        raise ValueError(f"config.json: 'model_type' = {model_type!r} is not supported; "
+        raise ValueError(f"config: 'model_type' = {model_type!r} is not supported; "
                          f"expected one of {sorted(expected_arch)}")
     archs = raw.get("architectures")
     if archs is not None and archs != [expected_arch[model_type]]:
-        raise ValueError(f"config.json: 'architectures' = {archs!r} does not match "
+        raise ValueError(f"config: 'architectures' = {archs!r} does not match "
                          f"model_type {model_type!r} (expected [{expected_arch[model_type]!r}])")
     return LLaDAConfig.from_dict(raw) if model_type == "llada" else DreamConfig.from_dict(raw)

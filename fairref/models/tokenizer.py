@@ -9,12 +9,13 @@ token strings in the tokenizer (LLaDA ``<|mdm_mask|>``, Dream and toy ``<|mask|>
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer
+
+from fairref.files import read_json
 
 #: token strings tried, in order, when config.json does not give the id
 _SPECIAL_NAMES: dict[str, tuple[str, ...]] = {
@@ -54,12 +55,20 @@ class TextTokenizer:
 
 
 def load_tokenizer(path: str | Path) -> TextTokenizer:
-    """Load ``path/tokenizer.json`` (``path`` a directory, or the file itself)."""
+    """Load ``path/tokenizer.json`` (``path`` a directory, or the file itself).
+
+    A missing file raises ``FileNotFoundError``, a corrupt one ``ValueError``, each
+    naming the file."""
     path = Path(path)
     file = path if path.is_file() else path / "tokenizer.json"
     if not file.is_file():
-        raise FileNotFoundError(f"no tokenizer.json at {path}")
-    tok = Tokenizer.from_file(str(file))
+        raise FileNotFoundError(f"no tokenizer.json at {path}: a checkpoint that generates "
+                                "text needs the tokenizer.json of its model beside config.json")
+    try:
+        tok = Tokenizer.from_file(str(file))
+    except Exception as e:  # the Rust reader raises a bare Exception for every parse error
+        raise ValueError(f"{file} is not a readable tokenizer.json ({e}); it may be "
+                         "truncated or corrupt: copy it again from the model's files") from e
     ids = _ids_from_config(file.parent / "config.json")
     for role, names in _SPECIAL_NAMES.items():
         if ids.get(role) is None:
@@ -77,7 +86,9 @@ def load_tokenizer(path: str | Path) -> TextTokenizer:
 def _ids_from_config(config_file: Path) -> dict[str, int | None]:
     if not config_file.is_file():
         return {}
-    raw = json.loads(config_file.read_text())
+    raw = read_json(config_file, "model config")
+    if not isinstance(raw, dict):
+        raise ValueError(f"{config_file} must hold a JSON object, got {type(raw).__name__}")
     out = {}
     for role in _SPECIAL_NAMES:
         v = raw.get(f"{role}_token_id")

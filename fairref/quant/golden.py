@@ -1,7 +1,10 @@
 """Golden test vectors for the SPEC §1 conventions, Wycheproof style (SPEC §1, "Golden vectors").
 
-``write_vectors(path)`` builds a deterministic (seeded) JSON file; ``verify_vectors(path)``
-recomputes every vector with this implementation and compares bit-exactly. The file has
+This module is the file format and the verifier: the encoding, the computation each group
+type pins (``RUNNERS``) and ``verify_vectors(path)``, which recomputes every vector with
+this implementation and compares bit-exactly. The writer, ``write_vectors(path)``, lives
+with the cases in :mod:`fairref.quant.golden_cases`, which depends on this module and not
+the reverse (a deterministic, seeded JSON file). The file has
 a schema version, a header, ``notes`` explaining each flag, and ``testGroups[].tests[]``
 with ``tcId``, ``comment``, ``flags``, inputs and expected results. ``result`` is
 ``"valid"`` (outputs must match) or ``"invalid"`` (the call must raise ``ValueError``).
@@ -15,16 +18,20 @@ Group types: ``QuantizeTest`` (x → q, scale, zero, x̂ for one QuantSpec), ``P
 ``Int4MatmulTest`` (a_q, s_a, w_q, s_w → out), ``GptqTest`` (W, H, spec, solver options →
 q, scale, zero; SPEC §4.3a, float64 working precision). Hard cases are built by construction
 in :mod:`fairref.quant.golden_cases`.
+
+A file that is not a vectors file at all (not JSON, another schema, no ``testGroups``) is a
+``ValueError`` naming the file; a vector that disagrees is a *result* (its tcId in
+:class:`VerifyReport`), never an exception.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from fairref.files import read_json
 from fairref.quant.grid import QuantSpec, dequantize, quantize
 from fairref.quant.int4 import int4_matmul, pack_int4, pack_int32_ct, unpack_int4, unpack_int32_ct
 
@@ -139,48 +146,6 @@ INPUT_KEYS = {"QuantizeTest": ("x",), "PackInt4Test": ("q",), "PackCtTest": ("q"
               "GptqTest": ("W", "H")}
 
 
-# --- writing ------------------------------------------------------------------------------------
-
-
-def build_vectors() -> dict:
-    """The whole vectors document (deterministic: every input comes from seeded generators)."""
-    from fairref.quant.golden_cases import all_groups  # the cases import this module's codecs
-
-    groups = all_groups()  # [(group header dict, [(comment, flags, inputs, valid)])]
-    out_groups, tc = [], 0
-    for header, cases in groups:
-        run = RUNNERS[header["type"]]
-        tests = []
-        for comment, flags, inputs, valid in cases:
-            tc += 1
-            t = {"tcId": tc, "comment": comment, "flags": flags, **inputs,
-                 "result": "valid" if valid else "invalid"}
-            if valid:
-                t.update(run(header, inputs))
-            else:
-                try:
-                    run(header, inputs)
-                except ValueError:
-                    pass
-                else:
-                    raise AssertionError(f"invalid case {comment!r} did not raise ValueError")
-            tests.append(t)
-        out_groups.append({**header, "tests": tests})
-    return {"schema": SCHEMA_VERSION, "algorithm": "fairref SPEC §1 quantization",
-            "numberOfTests": tc, "header": HEADER, "notes": NOTES, "testGroups": out_groups}
-
-
-def write_vectors(path: str | Path) -> int:
-    """Write the golden vectors JSON to ``path``; returns the number of vectors."""
-    doc = build_vectors()
-    path = Path(path)
-    # write beside the target, then rename: a failure never leaves a half-written file
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(doc, indent=1, separators=(",", ": ")) + "\n")
-    tmp.replace(path)
-    return doc["numberOfTests"]
-
-
 # --- verifying ----------------------------------------------------------------------------------
 
 
@@ -208,6 +173,8 @@ def _check_one(header: dict, test: dict) -> str | None:
             run(header, inputs)
         except ValueError:
             return None
+        except Exception as e:  # noqa: BLE001 - e.g. a malformed vector: report, go on
+            return f"expected ValueError, raised {type(e).__name__}: {e}"
         return "expected ValueError, got a result"
     try:
         got = run(header, inputs)
@@ -220,12 +187,15 @@ def _check_one(header: dict, test: dict) -> str | None:
 
 
 def verify_vectors(path: str | Path) -> VerifyReport:
-    """Recompute every vector in ``path`` and compare bit-exactly (SPEC §1)."""
-    doc = json.loads(Path(path).read_text())
-    if doc.get("schema") != SCHEMA_VERSION:
-        raise ValueError(f"path: schema {doc.get('schema')!r} is not {SCHEMA_VERSION!r}")
+    """Recompute every vector in ``path`` and compare bit-exactly (SPEC §1).
+
+    Raises ``FileNotFoundError`` / ``ValueError`` (naming ``path``) when the file is not a
+    vectors file of this schema; disagreeing vectors are reported, not raised."""
+    path = Path(path)
+    doc = read_json(path, "vectors file")
+    groups = _check_layout(doc, path)
     report = VerifyReport()
-    for group in doc["testGroups"]:
+    for group in groups:
         header = {k: v for k, v in group.items() if k != "tests"}
         for test in group["tests"]:
             report.total += 1
@@ -234,3 +204,28 @@ def verify_vectors(path: str | Path) -> VerifyReport:
                 report.failed.append(test["tcId"])
                 report.reasons[test["tcId"]] = reason
     return report
+
+
+def _check_layout(doc: object, path: Path) -> list[dict]:
+    """``doc["testGroups"]`` after checking the document's shape, or a ``ValueError``."""
+    hint = "; write a fresh one with `fairref golden --out FILE`"
+    if not isinstance(doc, dict):
+        raise ValueError(f"{path} holds a JSON {type(doc).__name__}, not a vectors file (a JSON "
+                         f"object with 'schema' and 'testGroups'){hint}")
+    if doc.get("schema") != SCHEMA_VERSION:
+        got = "no 'schema' key" if "schema" not in doc else f"schema {doc['schema']!r}"
+        raise ValueError(f"{path} has {got}, not {SCHEMA_VERSION!r}: it is not a fairref "
+                         f"int4 vectors file, or one of another version{hint}")
+    groups = doc.get("testGroups")
+    if not isinstance(groups, list) or not groups:
+        raise ValueError(f"{path}: 'testGroups' is missing or not a non-empty list{hint}")
+    for i, group in enumerate(groups):
+        tests = group.get("tests") if isinstance(group, dict) else None
+        if not isinstance(tests, list):
+            raise ValueError(f"{path}: testGroups[{i}] is not an object with a 'tests' "
+                             f"list{hint}")
+        for j, test in enumerate(tests):
+            if not isinstance(test, dict) or not isinstance(test.get("tcId"), int):
+                raise ValueError(f"{path}: testGroups[{i}].tests[{j}] is not an object "
+                                 f"with an integer 'tcId'{hint}")
+    return groups

@@ -1,18 +1,24 @@
-"""The cases of the golden vectors: every hard case of SPEC §1 built by construction.
+"""The golden vectors' cases, every hard case of SPEC §1 built by construction, and the
+writer that turns them into the vectors file of :mod:`fairref.quant.golden`.
 
 Each builder returns ``(comment, flags, inputs, valid)`` tuples for one test group of
 :mod:`fairref.quant.golden` (ties at .5, near-ties where ``x * (1/s)`` and ``x / s`` round
 apart, all-zero units, a single outlier column, the grid extremes, odd K, the largest
 exact accumulator, a dead Hessian diagonal, invalid inputs). Everything is seeded, so the
-vectors file is reproducible byte for byte.
+vectors file is reproducible byte for byte: ``build_vectors()`` is the document,
+``write_vectors(path)`` writes it atomically.
 """
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import torch
 
-from fairref.quant.golden import enc_f, enc_i, spec_to_dict
+from fairref.files import write_text_atomic
+from fairref.quant.golden import HEADER, NOTES, RUNNERS, SCHEMA_VERSION, enc_f, enc_i, spec_to_dict
 from fairref.quant.grid import QuantSpec, qparams, quantize
 
 # --- case construction (deterministic; every hard case is built, not filtered) -------------------
@@ -240,3 +246,41 @@ def _gptq_groups(rng: np.random.Generator) -> list:
     """GptqTest groups (W, H, spec → q, scale, zero), SPEC §4.3a."""
     return [({"type": "GptqTest", "spec": spec_to_dict(sp), "options": {**o, "dtype": "float64"}},
              _gptq_cases(sp, rng)) for sp, o in GPTQ_CONFIGS]
+
+
+# --- the document ---------------------------------------------------------------------------
+
+
+def build_vectors() -> dict:
+    """The whole vectors document (deterministic: every input comes from seeded generators)."""
+    out_groups, tc = [], 0
+    for header, cases in all_groups():  # [(group header, [(comment, flags, inputs, valid)])]
+        run = RUNNERS[header["type"]]
+        tests = []
+        for comment, flags, inputs, valid in cases:
+            tc += 1
+            t = {"tcId": tc, "comment": comment, "flags": flags, **inputs,
+                 "result": "valid" if valid else "invalid"}
+            if valid:
+                t.update(run(header, inputs))
+            else:
+                try:
+                    run(header, inputs)
+                except ValueError:
+                    pass
+                else:
+                    raise AssertionError(f"invalid case {comment!r} did not raise ValueError")
+            tests.append(t)
+        out_groups.append({**header, "tests": tests})
+    return {"schema": SCHEMA_VERSION, "algorithm": "fairref SPEC §1 quantization",
+            "numberOfTests": tc, "header": HEADER, "notes": NOTES, "testGroups": out_groups}
+
+
+def write_vectors(path: str | Path) -> int:
+    """Write the golden vectors JSON to the file ``path``; returns the number of vectors.
+
+    Atomic (a failure leaves no partial file and no temporary); a missing parent folder is
+    created; a directory at ``path`` is a ``ValueError``."""
+    doc = build_vectors()
+    write_text_atomic(path, json.dumps(doc, indent=1, separators=(",", ": ")) + "\n")
+    return doc["numberOfTests"]

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from fairref.files import write_text_atomic
 from fairref.models import DreamConfig, LLaDAConfig, build, save
 from fairref.toy.evaluate import TOY_SAMPLER
 from fairref.toy.char_tokenizer import (
@@ -39,7 +40,7 @@ from fairref.toy.char_tokenizer import (
     PAD_ID,
     PROMPT_LEN,
     VOCAB_SIZE,
-    write_tokenizer,
+    build_tokenizer,
 )
 
 
@@ -127,10 +128,9 @@ def generation_config(arch: str) -> dict:
 def save_toy(model: torch.nn.Module, arch: str, out: str | Path, train_config: dict | None = None) -> Path:
     """Write the checkpoint directory: config.json, bf16 model.safetensors, tokenizer.json,
     generation_config.json, and ``train_config.json`` recording how it was trained."""
-    out = Path(out)
-    save(model, out, dtype=torch.bfloat16, overwrite=True)
-    write_tokenizer(out)
-    (out / "generation_config.json").write_text(json.dumps(generation_config(arch), indent=2) + "\n")
+    out = save(model, out, dtype=torch.bfloat16, overwrite=True, tokenizer=build_tokenizer(),
+               generation_config=generation_config(arch))
     if train_config is not None:
-        (out / "train_config.json").write_text(json.dumps({"arch": arch, **train_config}, indent=2) + "\n")
+        write_text_atomic(out / "train_config.json",
+                          json.dumps({"arch": arch, **train_config}, indent=2) + "\n")
     return out
