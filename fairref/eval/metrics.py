@@ -1,0 +1,413 @@
+"""The metrics of SPEC §5, each a reduction over the one teacher-forced loop or over rollouts.
+
+- :func:`teacher_forced_metrics` — one pass of :func:`~fairref.eval.teacher_forced.iter_trace_states`
+  over the teacher's recorded states gives the **frontier token flip rate** (pooled over
+  (t, i ∈ F_t), also by the teacher's probability margin g = p₍₁₎ − p₍₂₎), the **frontier
+  set flip rate** (steps with k_t > 0; n/a for rules that are random) and the **masked KL**
+  (float64, nats, over M_t ∩ A_t).
+- :func:`post_commit_mismatch` — on-policy: the teacher's and the student's own rollouts
+  from the same prompts; the fraction of generation positions whose committed token
+  differs, and the divergence step. :func:`amplification` divides it by the flip rate.
+- :func:`stability_lag` — counterfactual on the teacher's trajectory: re-mask one
+  committed position in a later state and ask a model whether it still writes y_i.
+- :func:`task_accuracy` — exact match through each task's own checker.
+
+Counting conventions (documented once, here):
+
+- A *problem* is one rollout row of one trace (traces given as a list are concatenated,
+  problem ids in order); per-problem numerators and denominators are kept so that
+  :func:`~fairref.eval.stats.bootstrap_ci` can resample problems (SPEC §5).
+- The teacher's token at (t, i ∈ F_t) is the teacher's argmax recomputed in the same batch
+  as the student's; at temperature 0 it is the committed y_i (up to the rounding of a
+  different batch composition), and a student identical to the teacher flips nothing.
+- argmax ties go to the lowest token id; rank ties between positions go to the lowest
+  position (SPEC §2: "everywhere else ... towards the lowest position index").
+- Scores of the set rule are computed in float64 from the logits (the public Dream loop
+  uses float32; on real models the difference decides only exact near-ties).
+
+Legend: T steps, B rollouts, L length, V vocabulary, b states in a batch, n slots,
+N problems, K margin bins.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from fairref.diffusion.trace import Trace
+from fairref.eval.stats import Survival, bootstrap_ci, kaplan_meier
+from fairref.eval.teacher_forced import (
+    DEFAULT_BATCH_SIZE,
+    check_teacher_forced,
+    iter_batches,
+    iter_trace_states,
+)
+
+#: SPEC §5 bins of the teacher's probability margin g: [0, .1), [.1, .25), [.25, .5), [.5, 1]
+MARGIN_EDGES = (0.0, 0.1, 0.25, 0.5, 1.0)
+#: the set-flip rules: the sampler's position score as a function of the logits
+SET_RULES = ("top1_prob", "margin", "neg_entropy")
+
+
+# ------------------------------------------------------------------------ pure primitives
+def set_rule(settings: dict) -> str | None:
+    """The deterministic position score of a trace's sampler, or None when it has none.
+
+    LLaDA ``low_confidence`` and Dream ``maskgit_plus`` rank by the top-1 probability,
+    ``topk_margin`` by top-1 − top-2, ``entropy`` by Σ p log(p + 1e-10). None (set flip
+    n/a): LLaDA ``random``, Dream ``origin``, ``alg_temp`` > 0, any temperature > 0 (the
+    candidate and its score are sampled), and Dream with top-p/top-k filtering (the score
+    is taken on the filtered distribution).
+    """
+    if settings.get("temperature", 0) > 0:
+        return None
+    if settings.get("sampler") == "llada":
+        return "top1_prob" if settings.get("remasking") == "low_confidence" else None
+    if settings.get("sampler") == "dream":
+        if settings.get("alg_temp") or settings.get("top_k") is not None \
+                or settings.get("top_p") not in (None, 1, 1.0):
+            return None
+        return {"maskgit_plus": "top1_prob", "topk_margin": "margin",
+                "entropy": "neg_entropy"}.get(settings.get("alg"))
+    raise ValueError(f"trace settings name no known sampler (settings['sampler'] = "
+                     f"{settings.get('sampler')!r}); record traces with llada_generate or "
+                     "dream_generate")
+
+
+def rule_scores(z: Tensor, rule: str) -> Tensor:
+    """The position score of ``rule`` at every position, float64. ``z``: (b, L, V) → (b, L)."""
+    p = torch.softmax(z.to(torch.float64), dim=-1)  # (b, L, V)
+    if rule == "top1_prob":
+        return p.amax(-1)
+    if rule == "margin":
+        p12 = torch.topk(p, 2, dim=-1).values  # (b, L, 2)
+        return p12[..., 0] - p12[..., 1]
+    if rule == "neg_entropy":
+        return (p * torch.log(p + 1e-10)).sum(-1)
+    raise ValueError(f"rule must be one of {SET_RULES}, got {rule!r}")
+
+
+def select_top_k(score: Tensor, candidates: Tensor, k: Tensor) -> Tensor:
+    """The k most-scored candidates per row, rank ties to the lowest position.
+
+    ``score`` (b, L) float, ``candidates`` (b, L) bool, ``k`` (b,) int with
+    0 ≤ k ≤ |candidates| → (b, L) bool with exactly k[r] True in row r, all candidates.
+    """
+    s = torch.where(candidates, score.to(torch.float64), -torch.inf)  # (b, L)
+    order = torch.sort(s, dim=-1, descending=True, stable=True).indices  # (b, L)
+    rank = torch.empty_like(order).scatter_(-1, order, torch.arange(s.shape[-1]).expand_as(order))
+    return (rank < k[:, None]) & candidates  # (b, L)
+
+
+def prob_margin(z: Tensor) -> Tensor:
+    """g = p₍₁₎ − p₍₂₎ of softmax(z) in float64. ``z``: (n, V) → (n,)."""
+    p12 = torch.topk(torch.softmax(z.to(torch.float64), -1), 2, dim=-1).values  # (n, 2)
+    return p12[:, 0] - p12[:, 1]
+
+
+def kl_per_slot(z_p: Tensor, z_q: Tensor) -> Tensor:
+    """KL(softmax z_p ‖ softmax z_q) = Σ p (log_softmax z_p − log_softmax z_q) in float64,
+    nats. ``z_p``, ``z_q``: (n, V) → (n,)."""
+    lp = torch.log_softmax(z_p.to(torch.float64), -1)  # (n, V)
+    lq = torch.log_softmax(z_q.to(torch.float64), -1)
+    return (lp.exp() * (lp - lq)).sum(-1)
+
+
+def margin_bin(g: Tensor) -> Tensor:
+    """Index of g's SPEC §5 bin (left-closed; the last bin also holds g = 1). (n,) → (n,)."""
+    inner = torch.tensor(MARGIN_EDGES[1:-1], dtype=torch.float64)  # (K − 1,)
+    return torch.searchsorted(inner, g.to(torch.float64).contiguous(), right=True)
+
+
+# ------------------------------------------------------------------------ results
+def _rate(num: np.ndarray, den: np.ndarray, n_resamples: int, seed: int) -> dict:
+    """Pooled rate Σ num / Σ den with its bootstrap interval over problems; None if Σ den = 0."""
+    if den.sum() == 0:
+        return {"value": None, "num": float(num.sum()), "den": float(den.sum()), "ci95": None}
+    ci = bootstrap_ci(num, den, n_resamples=n_resamples, seed=seed)
+    return {"value": ci.estimate, "num": float(num.sum()), "den": float(den.sum()),
+            "ci95": [ci.lo, ci.hi]}
+
+
+@dataclass(frozen=True)
+class TeacherForcedMetrics:
+    """Per-problem counts of the three teacher-forced metrics (module docstring)."""
+
+    token_flips: np.ndarray  # (N,) flipped frontier slots
+    frontier_slots: np.ndarray  # (N,) Σ_t |F_t|
+    set_flips: np.ndarray  # (N,) steps whose student set differs from F_t
+    set_steps: np.ndarray  # (N,) steps with k_t > 0
+    kl_sum: np.ndarray  # (N,) Σ KL over masked active slots
+    kl_slots: np.ndarray  # (N,) number of masked active slots
+    bin_flips: np.ndarray  # (K,) flips per margin bin (pooled over problems)
+    bin_counts: np.ndarray  # (K,) frontier slots per margin bin
+    rule: str | None  # the set rule; None: set flip n/a
+    teacher_set_mismatch: int  # steps where the rule on the teacher's own logits ≠ F_t
+
+    @property
+    def token_flip_rate(self) -> float | None:
+        n = self.frontier_slots.sum()
+        return float(self.token_flips.sum() / n) if n else None
+
+    @property
+    def set_flip_rate(self) -> float | None:
+        n = self.set_steps.sum()
+        return float(self.set_flips.sum() / n) if self.rule is not None and n else None
+
+    @property
+    def masked_kl(self) -> float | None:
+        n = self.kl_slots.sum()
+        return float(self.kl_sum.sum() / n) if n else None
+
+    def to_dict(self, n_resamples: int = 1000, seed: int = 0) -> dict:
+        """JSON-ready: each rate with its 95% bootstrap interval over problems."""
+        bins = [{"lo": lo, "hi": hi, "count": int(c), "flips": int(f),
+                 "rate": float(f / c) if c else None}
+                for lo, hi, c, f in zip(MARGIN_EDGES[:-1], MARGIN_EDGES[1:],
+                                        self.bin_counts, self.bin_flips)]
+        set_flip = (_rate(self.set_flips, self.set_steps, n_resamples, seed)
+                    if self.rule is not None else "n/a")
+        return {"n_problems": int(self.frontier_slots.size),
+                "frontier_token_flip": _rate(self.token_flips, self.frontier_slots,
+                                             n_resamples, seed),
+                "frontier_token_flip_by_margin": bins,
+                "frontier_set_flip": set_flip, "set_rule": self.rule,
+                "teacher_set_mismatch": self.teacher_set_mismatch,
+                "masked_kl": _rate(self.kl_sum, self.kl_slots, n_resamples, seed)}
+
+
+# ------------------------------------------------------------------------ teacher-forced
+def teacher_forced_metrics(teacher, student, traces: Trace | Sequence[Trace],
+                           batch_size: int = DEFAULT_BATCH_SIZE) -> TeacherForcedMetrics:
+    """Frontier token flips, frontier set flips and masked KL in one pass (SPEC §5).
+
+    Both models run on every recorded state x_t of the teacher's ``traces``
+    (:func:`~fairref.eval.teacher_forced.iter_trace_states`); per batch only the slots
+    each metric needs are kept. All traces must come from the same sampler rule.
+    """
+    traces = [traces] if isinstance(traces, Trace) else list(traces)
+    if not traces:
+        raise ValueError("traces is empty: pass at least one teacher trace")
+    rules = set()
+    for tr in traces:
+        check_teacher_forced(tr)
+        rules.add(set_rule(tr.settings))
+    if len(rules) > 1:
+        raise ValueError(f"traces mix sampler rules {sorted(map(str, rules))}; evaluate each "
+                         "setting separately")
+    rule = rules.pop()
+    offset = np.cumsum([0] + [tr.x.shape[1] for tr in traces])  # problem id of row 0
+    N, K = int(offset[-1]), len(MARGIN_EDGES) - 1
+    c = {name: np.zeros(N) for name in ("token_flips", "frontier_slots", "set_flips",
+                                        "set_steps", "kl_sum", "kl_slots")}
+    bin_flips, bin_counts = np.zeros(K, dtype=np.int64), np.zeros(K, dtype=np.int64)
+    teacher_mismatch = 0
+
+    def add(name: str, problem: Tensor, values: Tensor) -> None:
+        np.add.at(c[name], problem.numpy(), values.to(torch.float64).numpy())
+
+    for sb in iter_trace_states(teacher, student, traces, batch_size):
+        z_T, z_S = sb.teacher.z, sb.student.z  # (b, L, V) each
+        problem = (int(offset[sb.trace]) + sb.row)[:, None].expand_as(sb.masked)  # (b, L)
+        # frontier token flips at (t, i ∈ F_t): the student's argmax vs the teacher's
+        F = sb.committed  # (b, L)
+        flipped = z_S[F].argmax(-1) != z_T[F].argmax(-1)  # (n,)
+        add("token_flips", problem[F], flipped)
+        add("frontier_slots", problem[F], torch.ones_like(flipped))
+        k_bin = margin_bin(prob_margin(z_T[F]))  # (n,)
+        bin_counts += np.bincount(k_bin.numpy(), minlength=K)
+        bin_flips += np.bincount(k_bin[flipped].numpy(), minlength=K)
+        # masked KL over M_t ∩ A_t
+        C = sb.masked & sb.active  # (b, L)
+        add("kl_sum", problem[C], kl_per_slot(z_T[C], z_S[C]))
+        add("kl_slots", problem[C], torch.ones(int(C.sum())))
+        # frontier set flips: the same rule and k_t on the student's logits
+        if rule is not None:
+            k = torch.minimum(sb.k, C.sum(-1))  # (b,) capped: Dream's k is batch-averaged
+            ok = k > 0  # (b,) steps with a commit count
+            sel_S = select_top_k(rule_scores(z_S, rule), C, k.clamp(min=0))  # (b, L)
+            sel_T = select_top_k(rule_scores(z_T, rule), C, k.clamp(min=0))
+            add("set_flips", problem[:, 0][ok], (sel_S != F).any(-1)[ok])
+            add("set_steps", problem[:, 0][ok], torch.ones(int(ok.sum())))
+            teacher_mismatch += int(((sel_T != F).any(-1) & ok).sum())
+    return TeacherForcedMetrics(**c, bin_flips=bin_flips, bin_counts=bin_counts, rule=rule,
+                                teacher_set_mismatch=teacher_mismatch)
+
+
+# ------------------------------------------------------------------------ on-policy
+@dataclass(frozen=True)
+class Mismatch:
+    """Post-commit mismatch and divergence step per problem (SPEC §5)."""
+
+    mismatched: np.ndarray  # (N,) counted positions whose committed tokens differ
+    counted: np.ndarray  # (N,) generation positions counted
+    divergence_step: np.ndarray  # (N,) first t with x_{t+1} differing; T when censored
+    diverged: np.ndarray  # (N,) bool: False = censored at T
+    T: int
+
+    @property
+    def rate(self) -> float | None:
+        n = self.counted.sum()
+        return float(self.mismatched.sum() / n) if n else None
+
+    def survival(self) -> Survival:
+        """Kaplan–Meier of the divergence step (censored at T)."""
+        return kaplan_meier(self.divergence_step, self.diverged)
+
+    def to_dict(self, n_resamples: int = 1000, seed: int = 0) -> dict:
+        return {"n_problems": int(self.counted.size), "T": self.T,
+                "post_commit_mismatch": _rate(self.mismatched, self.counted, n_resamples, seed),
+                "diverged": int(self.diverged.sum()),
+                "divergence_step_km": self.survival().to_dict()}
+
+
+def post_commit_mismatch(teacher_trace: Trace, student_trace: Trace,
+                         eos_token_id: int | None = None,
+                         include_after_eos: bool = False) -> Mismatch:
+    """Compare the teacher's and the student's own rollouts from the same prompts (SPEC §5).
+
+    Counted positions: the generation region, without the positions after the teacher's
+    first EOS in its final tokens (the EOS itself counts) unless ``include_after_eos``.
+    The divergence step is the first t whose x_{t+1} (x_T = the final tokens) differs on a
+    counted position; a pair that never differs is censored at T.
+    """
+    a, b = teacher_trace, student_trace
+    if a.x.shape != b.x.shape or a.prompt_len != b.prompt_len:
+        raise ValueError(f"the two rollouts differ in shape: teacher (T, B, L) = "
+                         f"{tuple(a.x.shape)}, P = {a.prompt_len}; student "
+                         f"{tuple(b.x.shape)}, P = {b.prompt_len}; run both with the same "
+                         "prompts and sampler settings")
+    if not torch.equal(a.x[0], b.x[0]):
+        raise ValueError("the two rollouts start from different prompts (x_0 differs)")
+    if eos_token_id is None and not include_after_eos:
+        raise ValueError("post_commit_mismatch needs eos_token_id to exclude the positions "
+                         "after the teacher's EOS; pass it, or include_after_eos=True")
+    T, B, L = a.x.shape
+    P = a.prompt_len
+    counted = torch.zeros(B, L, dtype=torch.bool)
+    counted[:, P:] = True  # (B, L): the generation region
+    if not include_after_eos:
+        is_eos = (a.y == eos_token_id) & counted  # (B, L)
+        after = (torch.cumsum(is_eos.to(torch.int64), -1) - is_eos.to(torch.int64)) > 0
+        counted &= ~after  # positions strictly after the first EOS leave
+    x_next_a = torch.cat([a.x[1:], a.y[None]])  # (T, B, L): x_{t+1}
+    x_next_b = torch.cat([b.x[1:], b.y[None]])
+    differs = ((x_next_a != x_next_b) & counted).any(-1)  # (T, B)
+    diverged = differs.any(0)  # (B,)
+    first = torch.where(diverged, differs.to(torch.int64).argmax(0), T)  # (B,)
+    return Mismatch(mismatched=((a.y != b.y) & counted).sum(-1).numpy().astype(np.float64),
+                    counted=counted.sum(-1).numpy().astype(np.float64),
+                    divergence_step=first.numpy(), diverged=diverged.numpy(), T=T)
+
+
+def amplification(mismatch_rate: float | None, token_flip_rate: float | None) -> float | None:
+    """Post-commit mismatch / frontier token flip rate (SPEC §5); None (n/a) when the flip
+    rate is 0 or either is undefined."""
+    if mismatch_rate is None or not token_flip_rate:
+        return None
+    return mismatch_rate / token_flip_rate
+
+
+# ------------------------------------------------------------------------ counterfactual
+@dataclass(frozen=True)
+class StabilityLag:
+    """Per committed position of the teacher's rollouts: lag and censoring (SPEC §5)."""
+
+    problem: np.ndarray  # (n,) problem id
+    position: np.ndarray  # (n,) absolute position i
+    tau: np.ndarray  # (n,) commit step τ_i
+    lag: np.ndarray  # (n,) lag_i when observed; the censoring time T − τ_i otherwise
+    observed: np.ndarray  # (n,) bool: False = still unstable at the end (censored)
+
+    def survival(self) -> Survival:
+        """Kaplan–Meier estimate of P(lag > s), the CCDF of SPEC §5."""
+        return kaplan_meier(self.lag, self.observed)
+
+    def to_dict(self, n_resamples: int = 1000, seed: int = 0) -> dict:
+        N = int(self.problem.max()) + 1 if self.problem.size else 0
+        unstable = np.bincount(self.problem, weights=(self.lag > 0) | ~self.observed,
+                               minlength=N)
+        total = np.bincount(self.problem, minlength=N).astype(np.float64)
+        return {"n_positions": int(self.lag.size), "censored": int((~self.observed).sum()),
+                "unstable_fraction": _rate(unstable, total, n_resamples, seed),
+                "ccdf_km": self.survival().to_dict()}
+
+
+def stability_lag(model, traces: Trace | Sequence[Trace],
+                  batch_size: int = DEFAULT_BATCH_SIZE) -> StabilityLag:
+    """Counterfactual stability of each committed token along the teacher's trajectory.
+
+    For a generated position i (commit step τ_i, token y_i) and each state x_t with
+    τ_i ≤ t ≤ T (x_T = the final tokens), ``model`` sees x_t with only i re-masked (at
+    t = τ_i it is masked already) and is *stable* at t when its argmax at i is y_i.
+    lag_i = the least s ≥ 0 with stability at every t ≥ τ_i + s; if it is unstable at
+    t = T the lag is censored at T − τ_i (it exceeds that). T − τ_i + 1 forward passes per
+    position, batched through :func:`~fairref.eval.teacher_forced.iter_batches`.
+    """
+    traces = [traces] if isinstance(traces, Trace) else list(traces)
+    out = {k: [] for k in ("problem", "position", "tau", "lag", "observed")}
+    base = 0
+    for tr in traces:
+        check_teacher_forced(tr)
+        T, B, L = tr.x.shape
+        states = torch.cat([tr.x, tr.y[None]])  # (T + 1, B, L): x_0 … x_T
+        r, i = torch.nonzero(tr.tau >= 0, as_tuple=True)  # (n,) committed positions
+        tau = tr.tau[r, i]  # (n,)
+        # one query per (position, t ∈ [τ_i, T]): q indexes the position, t the state
+        reps = T + 1 - tau  # (n,)
+        q = torch.repeat_interleave(torch.arange(r.numel()), reps)  # (m,)
+        t = tau[q] + torch.arange(q.numel()) - torch.repeat_interleave(
+            torch.cumsum(reps, 0) - reps, reps)  # (m,) τ, τ+1, …, T per position
+        stable = torch.empty(q.numel(), dtype=torch.bool)
+        chunk = 16 * batch_size  # build the re-masked states a chunk at a time
+        for c0 in range(0, q.numel(), chunk):
+            qc, tc = q[c0:c0 + chunk], t[c0:c0 + chunk]
+            x = states[tc, r[qc]].clone()  # (m_c, L)
+            x[torch.arange(qc.numel()), i[qc]] = tr.mask_token_id  # re-mask only i
+            am = None if tr.attention_mask is None else tr.attention_mask[r[qc]]
+            for batch in iter_batches((model,), x, am, batch_size):
+                j = batch.index  # (b,) rows of this chunk
+                z_i = batch.outputs[0].z[torch.arange(j.numel()), i[qc[j]]]  # (b, V)
+                stable[c0 + j] = z_i.argmax(-1) == tr.y[r[qc[j]], i[qc[j]]]
+        # last unstable t per position (τ − 1 when none): lag = last + 1 − τ
+        last = (tau - 1).scatter_reduce(0, q[~stable], t[~stable], reduce="amax")  # (n,)
+        observed = last < T
+        out["problem"].append((base + r).numpy())
+        out["position"].append(i.numpy())
+        out["tau"].append(tau.numpy())
+        out["lag"].append(torch.where(observed, last + 1 - tau, T - tau).numpy())
+        out["observed"].append(observed.numpy())
+        base += B
+    return StabilityLag(**{k: np.concatenate(v) if v else np.zeros(0, dtype=np.int64)
+                           for k, v in out.items()})
+
+
+# ------------------------------------------------------------------------ task accuracy
+@dataclass(frozen=True)
+class Accuracy:
+    """Exact-match correctness per problem (SPEC §5)."""
+
+    correct: np.ndarray  # (N,) bool
+
+    @property
+    def rate(self) -> float | None:
+        return float(self.correct.mean()) if self.correct.size else None
+
+    def to_dict(self, n_resamples: int = 1000, seed: int = 0) -> dict:
+        ones = np.ones(self.correct.size)
+        return {"n_problems": int(self.correct.size),
+                "accuracy": _rate(self.correct.astype(np.float64), ones, n_resamples, seed)}
+
+
+def task_accuracy(problems: Sequence, completions: Sequence[str],
+                  check: Callable[[object, str], bool]) -> Accuracy:
+    """``check(problem, completion)`` — the task's own parser and exact match — per problem."""
+    if len(problems) != len(completions):
+        raise ValueError(f"got {len(problems)} problems but {len(completions)} completions; "
+                         "pass one completion per problem, in order")
+    return Accuracy(correct=np.array([bool(check(p, c)) for p, c in zip(problems, completions)],
+                                     dtype=bool))
