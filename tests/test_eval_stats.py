@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fairref.eval.stats import bootstrap_ci, kaplan_meier, paired_comparison
+from fairref.eval.stats import bootstrap_ci, kaplan_meier, paired_comparison, pooled_rate
 
 
 def test_kaplan_meier_matches_a_hand_worked_example():
@@ -116,3 +116,10 @@ def test_identical_methods_are_not_different():
     assert r.n_ties == 20 and r.sign_test_p == 1.0 and r.wilcoxon_p is None
     assert r.mean_diff.lo == r.mean_diff.hi == 0.0
     assert set(r.to_dict()) >= {"mean_diff", "sign_test_p", "wilcoxon_p"}
+
+
+def test_pooled_rate_is_none_without_slots_and_the_bootstrap_estimate_otherwise():
+    assert pooled_rate([0, 0], [0, 0]) == {"value": None, "num": 0.0, "den": 0.0, "ci95": None}
+    r = pooled_rate([1, 3], [2, 6], seed=4)
+    ci = bootstrap_ci([1, 3], [2, 6], seed=4)
+    assert r == {"value": 0.5, "num": 4.0, "den": 8.0, "ci95": [ci.lo, ci.hi]}

@@ -1,15 +1,17 @@
-"""The metrics of SPEC §5, each a reduction over the one teacher-forced loop or over rollouts.
+"""The metrics of SPEC §5: reductions over the one teacher-forced loop, or over rollouts.
 
-- :func:`teacher_forced_metrics` — one pass of :func:`~fairref.eval.teacher_forced.iter_trace_states`
-  over the teacher's recorded states gives the **frontier token flip rate** (pooled over
-  (t, i ∈ F_t), also by the teacher's probability margin g = p₍₁₎ − p₍₂₎), the **frontier
-  set flip rate** (steps with k_t > 0; n/a for rules that are random) and the **masked KL**
-  (float64, nats, over M_t ∩ A_t).
+- :func:`teacher_forced_metrics` — one pass of the teacher-forced loop
+  (:func:`~fairref.eval.teacher_forced.iter_trace_states`) over the teacher's recorded
+  states gives the **frontier token flip rate** (pooled over (t, i ∈ F_t), also by the
+  teacher's probability margin g = p₍₁₎ − p₍₂₎), the **frontier set flip rate** (steps
+  with k_t > 0; n/a for rules that are random) and the **masked KL** (float64, nats, over
+  M_t ∩ A_t).
 - :func:`post_commit_mismatch` — on-policy: the teacher's and the student's own rollouts
   from the same prompts; the fraction of generation positions whose committed token
   differs, and the divergence step. :func:`amplification` divides it by the flip rate.
-- :func:`stability_lag` — counterfactual on the teacher's trajectory: re-mask one
-  committed position in a later state and ask a model whether it still writes y_i.
+- :func:`~fairref.eval.stability.stability_lag` (its own file, re-exported here) —
+  counterfactual on the teacher's trajectory: re-mask one committed position in a later
+  state and ask a model whether it still writes y_i.
 - :func:`task_accuracy` — exact match through each task's own checker.
 
 Counting conventions (documented once, here):
@@ -39,13 +41,18 @@ import torch
 from torch import Tensor
 
 from fairref.diffusion.trace import Trace
-from fairref.eval.stats import Survival, bootstrap_ci, kaplan_meier
+from fairref.eval.stability import StabilityLag, stability_lag
+from fairref.eval.stats import Survival, kaplan_meier, pooled_rate
 from fairref.eval.teacher_forced import (
     DEFAULT_BATCH_SIZE,
     check_teacher_forced,
-    iter_batches,
     iter_trace_states,
 )
+
+__all__ = ["MARGIN_EDGES", "SET_RULES", "Accuracy", "Mismatch", "StabilityLag",
+           "TeacherForcedMetrics", "amplification", "kl_per_slot", "margin_bin",
+           "post_commit_mismatch", "prob_margin", "rule_scores", "select_top_k", "set_rule",
+           "stability_lag", "task_accuracy", "teacher_forced_metrics"]
 
 #: SPEC §5 bins of the teacher's probability margin g: [0, .1), [.1, .25), [.25, .5), [.5, 1]
 MARGIN_EDGES = (0.0, 0.1, 0.25, 0.5, 1.0)
@@ -124,15 +131,6 @@ def margin_bin(g: Tensor) -> Tensor:
 
 
 # ------------------------------------------------------------------------ results
-def _rate(num: np.ndarray, den: np.ndarray, n_resamples: int, seed: int) -> dict:
-    """Pooled rate Σ num / Σ den with its bootstrap interval over problems; None if Σ den = 0."""
-    if den.sum() == 0:
-        return {"value": None, "num": float(num.sum()), "den": float(den.sum()), "ci95": None}
-    ci = bootstrap_ci(num, den, n_resamples=n_resamples, seed=seed)
-    return {"value": ci.estimate, "num": float(num.sum()), "den": float(den.sum()),
-            "ci95": [ci.lo, ci.hi]}
-
-
 @dataclass(frozen=True)
 class TeacherForcedMetrics:
     """Per-problem counts of the three teacher-forced metrics (module docstring)."""
@@ -169,15 +167,15 @@ class TeacherForcedMetrics:
                  "rate": float(f / c) if c else None}
                 for lo, hi, c, f in zip(MARGIN_EDGES[:-1], MARGIN_EDGES[1:],
                                         self.bin_counts, self.bin_flips)]
-        set_flip = (_rate(self.set_flips, self.set_steps, n_resamples, seed)
+        set_flip = (pooled_rate(self.set_flips, self.set_steps, n_resamples, seed)
                     if self.rule is not None else "n/a")
         return {"n_problems": int(self.frontier_slots.size),
-                "frontier_token_flip": _rate(self.token_flips, self.frontier_slots,
+                "frontier_token_flip": pooled_rate(self.token_flips, self.frontier_slots,
                                              n_resamples, seed),
                 "frontier_token_flip_by_margin": bins,
                 "frontier_set_flip": set_flip, "set_rule": self.rule,
                 "teacher_set_mismatch": self.teacher_set_mismatch,
-                "masked_kl": _rate(self.kl_sum, self.kl_slots, n_resamples, seed)}
+                "masked_kl": pooled_rate(self.kl_sum, self.kl_slots, n_resamples, seed)}
 
 
 # ------------------------------------------------------------------------ teacher-forced
@@ -260,7 +258,8 @@ class Mismatch:
 
     def to_dict(self, n_resamples: int = 1000, seed: int = 0) -> dict:
         return {"n_problems": int(self.counted.size), "T": self.T,
-                "post_commit_mismatch": _rate(self.mismatched, self.counted, n_resamples, seed),
+                "post_commit_mismatch": pooled_rate(self.mismatched, self.counted,
+                                                    n_resamples, seed),
                 "diverged": int(self.diverged.sum()),
                 "divergence_step_km": self.survival().to_dict()}
 
@@ -312,80 +311,6 @@ def amplification(mismatch_rate: float | None, token_flip_rate: float | None) ->
     return mismatch_rate / token_flip_rate
 
 
-# ------------------------------------------------------------------------ counterfactual
-@dataclass(frozen=True)
-class StabilityLag:
-    """Per committed position of the teacher's rollouts: lag and censoring (SPEC §5)."""
-
-    problem: np.ndarray  # (n,) problem id
-    position: np.ndarray  # (n,) absolute position i
-    tau: np.ndarray  # (n,) commit step τ_i
-    lag: np.ndarray  # (n,) lag_i when observed; the censoring time T − τ_i otherwise
-    observed: np.ndarray  # (n,) bool: False = still unstable at the end (censored)
-
-    def survival(self) -> Survival:
-        """Kaplan–Meier estimate of P(lag > s), the CCDF of SPEC §5."""
-        return kaplan_meier(self.lag, self.observed)
-
-    def to_dict(self, n_resamples: int = 1000, seed: int = 0) -> dict:
-        N = int(self.problem.max()) + 1 if self.problem.size else 0
-        unstable = np.bincount(self.problem, weights=(self.lag > 0) | ~self.observed,
-                               minlength=N)
-        total = np.bincount(self.problem, minlength=N).astype(np.float64)
-        return {"n_positions": int(self.lag.size), "censored": int((~self.observed).sum()),
-                "unstable_fraction": _rate(unstable, total, n_resamples, seed),
-                "ccdf_km": self.survival().to_dict()}
-
-
-def stability_lag(model, traces: Trace | Sequence[Trace],
-                  batch_size: int = DEFAULT_BATCH_SIZE) -> StabilityLag:
-    """Counterfactual stability of each committed token along the teacher's trajectory.
-
-    For a generated position i (commit step τ_i, token y_i) and each state x_t with
-    τ_i ≤ t ≤ T (x_T = the final tokens), ``model`` sees x_t with only i re-masked (at
-    t = τ_i it is masked already) and is *stable* at t when its argmax at i is y_i.
-    lag_i = the least s ≥ 0 with stability at every t ≥ τ_i + s; if it is unstable at
-    t = T the lag is censored at T − τ_i (it exceeds that). T − τ_i + 1 forward passes per
-    position, batched through :func:`~fairref.eval.teacher_forced.iter_batches`.
-    """
-    traces = [traces] if isinstance(traces, Trace) else list(traces)
-    out = {k: [] for k in ("problem", "position", "tau", "lag", "observed")}
-    base = 0
-    for tr in traces:
-        check_teacher_forced(tr)
-        T, B, L = tr.x.shape
-        states = torch.cat([tr.x, tr.y[None]])  # (T + 1, B, L): x_0 … x_T
-        r, i = torch.nonzero(tr.tau >= 0, as_tuple=True)  # (n,) committed positions
-        tau = tr.tau[r, i]  # (n,)
-        # one query per (position, t ∈ [τ_i, T]): q indexes the position, t the state
-        reps = T + 1 - tau  # (n,)
-        q = torch.repeat_interleave(torch.arange(r.numel()), reps)  # (m,)
-        t = tau[q] + torch.arange(q.numel()) - torch.repeat_interleave(
-            torch.cumsum(reps, 0) - reps, reps)  # (m,) τ, τ+1, …, T per position
-        stable = torch.empty(q.numel(), dtype=torch.bool)
-        chunk = 16 * batch_size  # build the re-masked states a chunk at a time
-        for c0 in range(0, q.numel(), chunk):
-            qc, tc = q[c0:c0 + chunk], t[c0:c0 + chunk]
-            x = states[tc, r[qc]].clone()  # (m_c, L)
-            x[torch.arange(qc.numel()), i[qc]] = tr.mask_token_id  # re-mask only i
-            am = None if tr.attention_mask is None else tr.attention_mask[r[qc]]
-            for batch in iter_batches((model,), x, am, batch_size):
-                j = batch.index  # (b,) rows of this chunk
-                z_i = batch.outputs[0].z[torch.arange(j.numel()), i[qc[j]]]  # (b, V)
-                stable[c0 + j] = z_i.argmax(-1) == tr.y[r[qc[j]], i[qc[j]]]
-        # last unstable t per position (τ − 1 when none): lag = last + 1 − τ
-        last = (tau - 1).scatter_reduce(0, q[~stable], t[~stable], reduce="amax")  # (n,)
-        observed = last < T
-        out["problem"].append((base + r).numpy())
-        out["position"].append(i.numpy())
-        out["tau"].append(tau.numpy())
-        out["lag"].append(torch.where(observed, last + 1 - tau, T - tau).numpy())
-        out["observed"].append(observed.numpy())
-        base += B
-    return StabilityLag(**{k: np.concatenate(v) if v else np.zeros(0, dtype=np.int64)
-                           for k, v in out.items()})
-
-
 # ------------------------------------------------------------------------ task accuracy
 @dataclass(frozen=True)
 class Accuracy:
@@ -400,7 +325,8 @@ class Accuracy:
     def to_dict(self, n_resamples: int = 1000, seed: int = 0) -> dict:
         ones = np.ones(self.correct.size)
         return {"n_problems": int(self.correct.size),
-                "accuracy": _rate(self.correct.astype(np.float64), ones, n_resamples, seed)}
+                "accuracy": pooled_rate(self.correct.astype(np.float64), ones,
+                                        n_resamples, seed)}
 
 
 def task_accuracy(problems: Sequence, completions: Sequence[str],

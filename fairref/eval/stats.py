@@ -87,6 +87,17 @@ def bootstrap_ci(num, den=None, n_resamples: int = N_RESAMPLES, seed: int = 0,
                     level=level, n=int(x.size), n_resamples=n_resamples, seed=seed)
 
 
+def pooled_rate(num, den, n_resamples: int = N_RESAMPLES, seed: int = 0) -> dict:
+    """JSON-ready pooled rate Σ num / Σ den with its 95% bootstrap interval over problems
+    (:func:`bootstrap_ci`); value and interval are None when Σ den = 0."""
+    num, den = _vector("num", num), _vector("den", den)
+    if den.sum() == 0:
+        return {"value": None, "num": float(num.sum()), "den": float(den.sum()), "ci95": None}
+    ci = bootstrap_ci(num, den, n_resamples=n_resamples, seed=seed)
+    return {"value": ci.estimate, "num": float(num.sum()), "den": float(den.sum()),
+            "ci95": [ci.lo, ci.hi]}
+
+
 @dataclass(frozen=True)
 class Survival:
     """Kaplan–Meier estimate: Ŝ just after each distinct event time."""
