@@ -86,12 +86,12 @@ def set_rule(settings: dict) -> str | None:
 
 
 def rule_scores(z: Tensor, rule: str) -> Tensor:
-    """The position score of ``rule`` at every position, float64. ``z``: (b, L, V) → (b, L)."""
-    p = torch.softmax(z.to(torch.float64), dim=-1)  # (b, L, V)
+    """The position score of ``rule`` for each row of logits, float64. ``z``: (n, V) → (n,)."""
+    p = torch.softmax(z.to(torch.float64), dim=-1)  # (n, V)
     if rule == "top1_prob":
         return p.amax(-1)
     if rule == "margin":
-        p12 = torch.topk(p, 2, dim=-1).values  # (b, L, 2)
+        p12 = torch.topk(p, 2, dim=-1).values  # (n, 2)
         return p12[..., 0] - p12[..., 1]
     if rule == "neg_entropy":
         return (p * torch.log(p + 1e-10)).sum(-1)
@@ -106,7 +106,8 @@ def select_top_k(score: Tensor, candidates: Tensor, k: Tensor) -> Tensor:
     """
     s = torch.where(candidates, score.to(torch.float64), -torch.inf)  # (b, L)
     order = torch.sort(s, dim=-1, descending=True, stable=True).indices  # (b, L)
-    rank = torch.empty_like(order).scatter_(-1, order, torch.arange(s.shape[-1]).expand_as(order))
+    pos = torch.arange(s.shape[-1], device=s.device).expand_as(order)  # (b, L)
+    rank = torch.empty_like(order).scatter_(-1, order, pos)  # (b, L): rank of each position
     return (rank < k[:, None]) & candidates  # (b, L)
 
 
@@ -206,32 +207,37 @@ def teacher_forced_metrics(teacher, student, traces: Trace | Sequence[Trace],
     teacher_mismatch = 0
 
     def add(name: str, problem: Tensor, values: Tensor) -> None:
-        np.add.at(c[name], problem.numpy(), values.to(torch.float64).numpy())
+        np.add.at(c[name], problem.numpy(), values.to("cpu", torch.float64).numpy())
 
+    # every reduction below reads only the slots it needs, (n, V) rows, never a float64
+    # copy of the whole (b, L, V) batch
     for sb in iter_trace_states(teacher, student, traces, batch_size):
         z_T, z_S = sb.teacher.z, sb.student.z  # (b, L, V) each
-        problem = (int(offset[sb.trace]) + sb.row)[:, None].expand_as(sb.masked)  # (b, L)
+        F, C = sb.committed, sb.masked & sb.active  # (b, L): F_t and M_t ∩ A_t
+        problem = (int(offset[sb.trace]) + sb.row)[:, None].expand(F.shape)  # (b, L) CPU
+        F_cpu, C_cpu = F.cpu(), C.cpu()
         # frontier token flips at (t, i ∈ F_t): the student's argmax vs the teacher's
-        F = sb.committed  # (b, L)
-        flipped = z_S[F].argmax(-1) != z_T[F].argmax(-1)  # (n,)
-        add("token_flips", problem[F], flipped)
-        add("frontier_slots", problem[F], torch.ones_like(flipped))
-        k_bin = margin_bin(prob_margin(z_T[F]))  # (n,)
+        flipped = (z_S[F].argmax(-1) != z_T[F].argmax(-1)).cpu()  # (n,)
+        add("token_flips", problem[F_cpu], flipped)
+        add("frontier_slots", problem[F_cpu], torch.ones_like(flipped))
+        k_bin = margin_bin(prob_margin(z_T[F]).cpu())  # (n,)
         bin_counts += np.bincount(k_bin.numpy(), minlength=K)
         bin_flips += np.bincount(k_bin[flipped].numpy(), minlength=K)
         # masked KL over M_t ∩ A_t
-        C = sb.masked & sb.active  # (b, L)
-        add("kl_sum", problem[C], kl_per_slot(z_T[C], z_S[C]))
-        add("kl_slots", problem[C], torch.ones(int(C.sum())))
+        add("kl_sum", problem[C_cpu], kl_per_slot(z_T[C], z_S[C]))
+        add("kl_slots", problem[C_cpu], torch.ones(int(C_cpu.sum())))
         # frontier set flips: the same rule and k_t on the student's logits
         if rule is not None:
-            k = torch.minimum(sb.k, C.sum(-1))  # (b,) capped: Dream's k is batch-averaged
-            ok = k > 0  # (b,) steps with a commit count
-            sel_S = select_top_k(rule_scores(z_S, rule), C, k.clamp(min=0))  # (b, L)
-            sel_T = select_top_k(rule_scores(z_T, rule), C, k.clamp(min=0))
-            add("set_flips", problem[:, 0][ok], (sel_S != F).any(-1)[ok])
+            k = torch.minimum(sb.k, C.sum(-1)).clamp(min=0)  # (b,) Dream's k is batch-averaged
+            ok = (k > 0).cpu()  # (b,) steps with a commit count
+            score_S = torch.full(F.shape, -torch.inf, dtype=torch.float64, device=F.device)
+            score_T = score_S.clone()  # (b, L) each; −inf outside the candidates
+            score_S[C], score_T[C] = rule_scores(z_S[C], rule), rule_scores(z_T[C], rule)
+            set_flip = (select_top_k(score_S, C, k) != F).any(-1).cpu()  # (b,)
+            own_flip = (select_top_k(score_T, C, k) != F).any(-1).cpu()
+            add("set_flips", problem[:, 0][ok], set_flip[ok])
             add("set_steps", problem[:, 0][ok], torch.ones(int(ok.sum())))
-            teacher_mismatch += int(((sel_T != F).any(-1) & ok).sum())
+            teacher_mismatch += int((own_flip & ok).sum())
     return TeacherForcedMetrics(**c, bin_flips=bin_flips, bin_counts=bin_counts, rule=rule,
                                 teacher_set_mismatch=teacher_mismatch)
 

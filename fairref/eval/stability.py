@@ -88,8 +88,10 @@ def stability_lag(model, traces: Trace | Sequence[Trace],
             am = None if tr.attention_mask is None else tr.attention_mask[r[qc]]
             for batch in iter_batches((model,), x, am, batch_size):
                 j = batch.index  # (b,) rows of this chunk
-                z_i = batch.outputs[0].z[torch.arange(j.numel()), i[qc[j]]]  # (b, V)
-                stable[c0 + j] = z_i.argmax(-1) == tr.y[r[qc[j]], i[qc[j]]]
+                z = batch.outputs[0].z  # (b, L, V)
+                rows = torch.arange(j.numel(), device=z.device)
+                z_i = z[rows, i[qc[j]].to(z.device)]  # (b, V): the logits at i only
+                stable[c0 + j] = z_i.argmax(-1).cpu() == tr.y[r[qc[j]], i[qc[j]]]
         # last unstable t per position (τ − 1 when none): lag = last + 1 − τ
         last = (tau - 1).scatter_reduce(0, q[~stable], t[~stable], reduce="amax")  # (n,)
         observed = last < T

@@ -38,8 +38,9 @@ from torch import Tensor
 from fairref.diffusion.trace import Trace
 from fairref.models.protocol import shift_head_logits
 
-#: states per forward pass (a batch of b states costs b·L·V floats of logits per model)
-DEFAULT_BATCH_SIZE = 64
+#: states per forward pass: a batch holds b·L·V logits per model (LLaDA-8B, L = 400:
+#: 16 states are 3.2 GB of float32 each); tiny models can afford far more
+DEFAULT_BATCH_SIZE = 16
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,15 @@ class StateBatch:
     student: ModelOutputs | None  # None when no student was given
 
 
+def model_device(model) -> torch.device:
+    """Where ``model`` computes: the device of its first parameter (CPU for a model
+    without parameters, such as a test oracle)."""
+    try:
+        return next(model.parameters()).device
+    except (AttributeError, StopIteration):
+        return torch.device("cpu")
+
+
 def model_outputs(model, x: Tensor, attention_mask: Tensor | None, logits: bool = True,
                   hidden: bool = False) -> ModelOutputs:
     """One forward pass of ``model`` on states ``x`` (b, L) (SPEC §2 interface).
@@ -109,6 +119,8 @@ def iter_batches(models: Sequence, x: Tensor, attention_mask: Tensor | None = No
     ``x``: (S, L) int64 states; ``attention_mask``: (S, L) bool (True = real token) or None.
     Yields one :class:`Batch` per slice of ``batch_size`` consecutive states, the models'
     outputs in the order of ``models``. ``logits``/``hidden`` select what is computed.
+    Each batch is moved to the first model's device (:func:`model_device`); ``index``
+    stays on the CPU, the other fields live on that device.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
@@ -117,12 +129,14 @@ def iter_batches(models: Sequence, x: Tensor, attention_mask: Tensor | None = No
     if attention_mask is not None and attention_mask.shape != x.shape:
         raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, want "
                          f"the states' shape {tuple(x.shape)}")
+    device = model_device(models[0])
     for s0 in range(0, x.shape[0], batch_size):
         sl = slice(s0, s0 + batch_size)
-        am = None if attention_mask is None else attention_mask[sl]
-        outs = tuple(model_outputs(m, x[sl], am, logits=logits, hidden=hidden)
+        x_b = x[sl].to(device)  # (b, L)
+        am = None if attention_mask is None else attention_mask[sl].to(device)  # (b, L)
+        outs = tuple(model_outputs(m, x_b, am, logits=logits, hidden=hidden)
                      for m in models)
-        yield Batch(index=torch.arange(x.shape[0])[sl], x=x[sl], attention_mask=am,
+        yield Batch(index=torch.arange(x.shape[0])[sl], x=x_b, attention_mask=am,
                     outputs=outs)
 
 
@@ -151,7 +165,8 @@ def iter_trace_states(teacher, student, traces: Trace | Sequence[Trace],
 
     ``teacher`` and ``student`` (``student`` may be None: teacher only) run on the same
     x_t with the trace's padding mask; batches never mix traces (their lengths may differ).
-    Yields :class:`StateBatch` in trace order, each trace's states step-major.
+    Yields :class:`StateBatch` in trace order, each trace's states step-major; ``t`` and
+    ``row`` are on the CPU, the states, masks and outputs on the teacher's device.
     """
     traces = [traces] if isinstance(traces, Trace) else list(traces)
     models = (teacher,) if student is None else (teacher, student)
@@ -162,10 +177,11 @@ def iter_trace_states(teacher, student, traces: Trace | Sequence[Trace],
                   for name in ("masked", "active", "committed")}  # each (S, L)
         k = trace.k.reshape(T * B)  # (S,)
         for batch in iter_batches(models, x, am, batch_size, logits=logits, hidden=hidden):
-            s = batch.index  # (b,)
+            s, dev = batch.index, batch.x.device  # (b,)
             yield StateBatch(trace=n, t=s // B, row=s % B, x=batch.x,
                              attention_mask=batch.attention_mask,
-                             masked=fields["masked"][s], active=fields["active"][s],
-                             committed=fields["committed"][s], k=k[s],
+                             masked=fields["masked"][s].to(dev),
+                             active=fields["active"][s].to(dev),
+                             committed=fields["committed"][s].to(dev), k=k[s].to(dev),
                              teacher=batch.outputs[0],
                              student=batch.outputs[1] if student is not None else None)
