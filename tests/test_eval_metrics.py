@@ -344,3 +344,22 @@ def test_task_accuracy_uses_the_checker_per_problem():
     assert a.to_dict()["accuracy"]["value"] == pytest.approx(2 / 3)
     with pytest.raises(ValueError, match="one completion per problem"):
         task_accuracy(["1"], [], lambda p, c: True)
+
+
+def test_traces_in_a_list_are_problems_in_order_and_results_are_json():
+    """Per-problem counts of [a, b] are those of a then those of b; to_dict is plain JSON."""
+    import json
+
+    teacher, student = TableLM.random(11), _perturbed(TableLM.random(11), 12)
+    _, ta = _run(teacher, torch.tensor([[1, 2, 3], [4, 5, 0]]), "llada")
+    _, tb = _run(teacher, torch.tensor([[3, 3, 1]]), "llada")
+    both = teacher_forced_metrics(teacher, student, [ta, tb], batch_size=3)
+    one, two = (teacher_forced_metrics(teacher, student, t) for t in (ta, tb))
+    for name in ("token_flips", "frontier_slots", "set_flips", "set_steps", "kl_slots"):
+        assert getattr(both, name).tolist() == \
+            getattr(one, name).tolist() + getattr(two, name).tolist()
+    lag = stability_lag(student, [ta, tb])
+    assert sorted(set(lag.problem.tolist())) == [0, 1, 2]
+    _, sa = _run(student, torch.tensor([[1, 2, 3], [4, 5, 0]]), "llada")
+    for d in (both.to_dict(), lag.to_dict(), post_commit_mismatch(ta, sa, EOS).to_dict()):
+        assert json.loads(json.dumps(d)) == d
