@@ -20,7 +20,7 @@ from fairref.eval.metrics import (
     amplification,
     margin_bin,
     post_commit_mismatch,
-    select_top_k,
+    sampler_top_k,
     stability_lag,
     task_accuracy,
     teacher_forced_metrics,
@@ -177,7 +177,7 @@ def test_a_less_confident_student_flips_the_set_at_exactly_the_step_it_reorders(
     assert tr.committed[0, 0].nonzero().flatten().tolist() == [P, P + 1]
     m = teacher_forced_metrics(teacher, student, tr)
     assert m.set_flips.tolist() == [1] and m.set_steps.tolist() == [2]
-    assert m.token_flip_rate == 0 and m.rule == "top1_prob"
+    assert m.token_flip_rate == 0 and m.rule.score == "top1_prob" and m.rule.float64
 
 
 def test_set_flip_is_na_for_random_rules():
@@ -209,11 +209,17 @@ def test_margin_bins_are_left_closed_and_the_last_holds_one():
     assert MARGIN_EDGES == (0.0, 0.1, 0.25, 0.5, 1.0)
 
 
-def test_select_top_k_breaks_rank_ties_towards_the_lowest_position():
-    score = torch.tensor([[0.5, 0.9, 0.5, 0.5, 0.9]])
-    cand = torch.tensor([[True, False, True, True, True]])
-    assert select_top_k(score, cand, torch.tensor([2])).tolist() == \
-        [[True, False, False, False, True]]
+@given(st.lists(st.tuples(st.integers(0, 50), st.booleans()), min_size=1, max_size=12),
+       st.data())
+def test_sampler_top_k_selects_exactly_the_k_highest_candidates(row, data):
+    """Distinct scores (by construction: value·12 + position): the selection is the k
+    largest among the candidates, whatever the non-candidates score."""
+    score = torch.tensor([[v * 12.0 + i for i, (v, _) in enumerate(row)]], dtype=torch.float64)
+    cand = torch.tensor([[c for _, c in row]])
+    k = data.draw(st.integers(0, int(cand.sum())))
+    sel = sampler_top_k(score, cand, torch.tensor([k]))[0]
+    ranked = sorted((float(score[0, i]), i) for i in range(len(row)) if row[i][1])[::-1]
+    assert sorted(sel.nonzero().flatten().tolist()) == sorted(i for _, i in ranked[:k])
 
 
 # ------------------------------------------------------------------ post-commit mismatch

@@ -22,10 +22,13 @@ Counting conventions (documented once, here):
 - The teacher's token at (t, i ∈ F_t) is the teacher's argmax recomputed in the same batch
   as the student's; at temperature 0 it is the committed y_i (up to the rounding of a
   different batch composition), and a student identical to the teacher flips nothing.
-- argmax ties go to the lowest token id; rank ties between positions go to the lowest
-  position (SPEC §2: "everywhere else ... towards the lowest position index").
-- Scores of the set rule are computed in float64 from the logits (the public Dream loop
-  uses float32; on real models the difference decides only exact near-ties).
+- argmax ties go to the lowest token id (``torch.argmax``).
+- The set rule is the sampler's own, in its own arithmetic (:func:`set_rule`: float64
+  softmax for LLaDA, the logits' dtype for Dream) and with its own selection
+  (``torch.topk``, :func:`sampler_top_k`). With float64 scores and lowest-position ties
+  instead, the shipped toy Dream teacher failed to reproduce its own F_t at 22 of its
+  steps (saturated float32 probabilities tie); with the sampler's arithmetic, at none.
+  ``teacher_set_mismatch`` counts such steps, so a set flip is the student's doing.
 
 Legend: T steps, B rollouts, L length, V vocabulary, b states in a batch, n slots,
 N problems, K margin bins.
@@ -49,9 +52,9 @@ from fairref.eval.teacher_forced import (
     iter_trace_states,
 )
 
-__all__ = ["MARGIN_EDGES", "SET_RULES", "Accuracy", "Mismatch", "StabilityLag",
+__all__ = ["MARGIN_EDGES", "SET_RULES", "Accuracy", "Mismatch", "SetRule", "StabilityLag",
            "TeacherForcedMetrics", "amplification", "kl_per_slot", "margin_bin",
-           "post_commit_mismatch", "prob_margin", "rule_scores", "select_top_k", "set_rule",
+           "post_commit_mismatch", "prob_margin", "rule_scores", "sampler_top_k", "set_rule",
            "stability_lag", "task_accuracy", "teacher_forced_metrics"]
 
 #: SPEC §5 bins of the teacher's probability margin g: [0, .1), [.1, .25), [.25, .5), [.5, 1]
@@ -61,54 +64,71 @@ SET_RULES = ("top1_prob", "margin", "neg_entropy")
 
 
 # ------------------------------------------------------------------------ pure primitives
-def set_rule(settings: dict) -> str | None:
+@dataclass(frozen=True)
+class SetRule:
+    """A sampler's deterministic position score, in the sampler's own arithmetic."""
+
+    score: str  # one of SET_RULES
+    float64: bool  # True: softmax in float64 (LLaDA); False: in the logits' dtype (Dream)
+
+    def __str__(self) -> str:
+        return f"{self.score} ({'float64' if self.float64 else 'logits dtype'})"
+
+
+def set_rule(settings: dict) -> SetRule | None:
     """The deterministic position score of a trace's sampler, or None when it has none.
 
-    LLaDA ``low_confidence`` and Dream ``maskgit_plus`` rank by the top-1 probability,
-    ``topk_margin`` by top-1 − top-2, ``entropy`` by Σ p log(p + 1e-10). None (set flip
-    n/a): LLaDA ``random``, Dream ``origin``, ``alg_temp`` > 0, any temperature > 0 (the
-    candidate and its score are sampled), and Dream with top-p/top-k filtering (the score
-    is taken on the filtered distribution).
+    LLaDA ``low_confidence`` ranks by the float64 top-1 probability; Dream ``maskgit_plus``
+    by the top-1 probability, ``topk_margin`` by top-1 − top-2, ``entropy`` by
+    Σ p log(p + 1e-10), all with the softmax in the logits' dtype as ``sample_tokens`` does.
+    None (set flip n/a): LLaDA ``random``, Dream ``origin``, ``alg_temp`` > 0, any
+    temperature > 0 (the candidate and its score are sampled), and Dream with top-p/top-k
+    filtering (the score is taken on the filtered distribution).
     """
     if settings.get("temperature", 0) > 0:
         return None
     if settings.get("sampler") == "llada":
-        return "top1_prob" if settings.get("remasking") == "low_confidence" else None
+        low = settings.get("remasking") == "low_confidence"
+        return SetRule("top1_prob", float64=True) if low else None
     if settings.get("sampler") == "dream":
         if settings.get("alg_temp") or settings.get("top_k") is not None \
                 or settings.get("top_p") not in (None, 1, 1.0):
             return None
-        return {"maskgit_plus": "top1_prob", "topk_margin": "margin",
-                "entropy": "neg_entropy"}.get(settings.get("alg"))
+        score = {"maskgit_plus": "top1_prob", "topk_margin": "margin",
+                 "entropy": "neg_entropy"}.get(settings.get("alg"))
+        return None if score is None else SetRule(score, float64=False)
     raise ValueError(f"trace settings name no known sampler (settings['sampler'] = "
                      f"{settings.get('sampler')!r}); record traces with llada_generate or "
                      "dream_generate")
 
 
-def rule_scores(z: Tensor, rule: str) -> Tensor:
-    """The position score of ``rule`` for each row of logits, float64. ``z``: (n, V) → (n,)."""
-    p = torch.softmax(z.to(torch.float64), dim=-1)  # (n, V)
-    if rule == "top1_prob":
+def rule_scores(z: Tensor, rule: SetRule) -> Tensor:
+    """The position score of ``rule`` for each row of logits. ``z``: (n, V) → (n,)."""
+    p = torch.softmax(z.to(torch.float64) if rule.float64 else z, dim=-1)  # (n, V)
+    if rule.score == "top1_prob":
         return p.amax(-1)
-    if rule == "margin":
+    if rule.score == "margin":
         p12 = torch.topk(p, 2, dim=-1).values  # (n, 2)
         return p12[..., 0] - p12[..., 1]
-    if rule == "neg_entropy":
+    if rule.score == "neg_entropy":
         return (p * torch.log(p + 1e-10)).sum(-1)
-    raise ValueError(f"rule must be one of {SET_RULES}, got {rule!r}")
+    raise ValueError(f"rule.score must be one of {SET_RULES}, got {rule.score!r}")
 
 
-def select_top_k(score: Tensor, candidates: Tensor, k: Tensor) -> Tensor:
-    """The k most-scored candidates per row, rank ties to the lowest position.
+def sampler_top_k(score: Tensor, candidates: Tensor, k: Tensor) -> Tensor:
+    """The k most-scored candidates of each row, chosen as the samplers choose them.
 
-    ``score`` (b, L) float, ``candidates`` (b, L) bool, ``k`` (b,) int with
-    0 ≤ k ≤ |candidates| → (b, L) bool with exactly k[r] True in row r, all candidates.
+    ``torch.topk`` on the row with −inf outside the candidates, exactly as the public
+    loops select, so that the teacher's own scores reproduce F_t bit for bit, exact ties
+    included (saturated probabilities of 1.0 are common; SPEC §2 leaves tie-breaking to
+    torch there). ``score`` (b, L) float, ``candidates`` (b, L) bool, ``k`` (b,) int with
+    0 ≤ k ≤ |candidates| → (b, L) bool with k[r] True in row r, all candidates.
     """
-    s = torch.where(candidates, score.to(torch.float64), -torch.inf)  # (b, L)
-    order = torch.sort(s, dim=-1, descending=True, stable=True).indices  # (b, L)
-    pos = torch.arange(s.shape[-1], device=s.device).expand_as(order)  # (b, L)
-    rank = torch.empty_like(order).scatter_(-1, order, pos)  # (b, L): rank of each position
-    return (rank < k[:, None]) & candidates  # (b, L)
+    s = torch.where(candidates, score, torch.full_like(score, -torch.inf))  # (b, L)
+    sel = torch.zeros_like(candidates)  # (b, L)
+    for r in range(s.shape[0]):  # k differs per row (LLaDA's schedule): one topk per row
+        sel[r, torch.topk(s[r], int(k[r])).indices] = True
+    return sel & candidates
 
 
 def prob_margin(z: Tensor) -> Tensor:
@@ -144,7 +164,7 @@ class TeacherForcedMetrics:
     kl_slots: np.ndarray  # (N,) number of masked active slots
     bin_flips: np.ndarray  # (K,) flips per margin bin (pooled over problems)
     bin_counts: np.ndarray  # (K,) frontier slots per margin bin
-    rule: str | None  # the set rule; None: set flip n/a
+    rule: SetRule | None  # the set rule; None: set flip n/a
     teacher_set_mismatch: int  # steps where the rule on the teacher's own logits ≠ F_t
 
     @property
@@ -174,7 +194,8 @@ class TeacherForcedMetrics:
                 "frontier_token_flip": pooled_rate(self.token_flips, self.frontier_slots,
                                              n_resamples, seed),
                 "frontier_token_flip_by_margin": bins,
-                "frontier_set_flip": set_flip, "set_rule": self.rule,
+                "frontier_set_flip": set_flip,
+                "set_rule": None if self.rule is None else str(self.rule),
                 "teacher_set_mismatch": self.teacher_set_mismatch,
                 "masked_kl": pooled_rate(self.kl_sum, self.kl_slots, n_resamples, seed)}
 
@@ -230,11 +251,12 @@ def teacher_forced_metrics(teacher, student, traces: Trace | Sequence[Trace],
         if rule is not None:
             k = torch.minimum(sb.k, C.sum(-1)).clamp(min=0)  # (b,) Dream's k is batch-averaged
             ok = (k > 0).cpu()  # (b,) steps with a commit count
-            score_S = torch.full(F.shape, -torch.inf, dtype=torch.float64, device=F.device)
-            score_T = score_S.clone()  # (b, L) each; −inf outside the candidates
-            score_S[C], score_T[C] = rule_scores(z_S[C], rule), rule_scores(z_T[C], rule)
-            set_flip = (select_top_k(score_S, C, k) != F).any(-1).cpu()  # (b,)
-            own_flip = (select_top_k(score_T, C, k) != F).any(-1).cpu()
+            s_S, s_T = rule_scores(z_S[C], rule), rule_scores(z_T[C], rule)  # (n,) each
+            score_S = torch.full(F.shape, -torch.inf, dtype=s_S.dtype, device=F.device)
+            score_T = torch.full(F.shape, -torch.inf, dtype=s_T.dtype, device=F.device)
+            score_S[C], score_T[C] = s_S, s_T  # (b, L) each; −inf outside the candidates
+            set_flip = (sampler_top_k(score_S, C, k) != F).any(-1).cpu()  # (b,)
+            own_flip = (sampler_top_k(score_T, C, k) != F).any(-1).cpu()
             add("set_flips", problem[:, 0][ok], set_flip[ok])
             add("set_steps", problem[:, 0][ok], torch.ones(int(ok.sum())))
             teacher_mismatch += int((own_flip & ok).sum())
