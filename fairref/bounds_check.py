@@ -26,14 +26,7 @@ from torch import Tensor
 
 from fairref.bounds import flip_bounds, hidden_lift_bound, kl_logit_bound, rms_norm, set_flip_bound, spectral_norm
 from fairref.diffusion.trace import Trace
-
-
-def _final_hidden(model, x: Tensor, attention_mask: Tensor | None) -> Tensor:
-    """(S, L) → (S, L, d): the last block's output, rows aligned to predicted positions."""
-    h = model.forward_hidden(x, attention_mask)[-1].to(torch.float64)
-    if model.logit_shift:
-        h = torch.cat([h[:, :1], h[:, :-1]], dim=1)  # row i now predicts position i
-    return h
+from fairref.eval.teacher_forced import iter_trace_states
 
 
 @torch.no_grad()
@@ -48,12 +41,6 @@ def bounds_on_trace(teacher, student, trace: Trace, batch_size: int = 256,
     norm, head = teacher.final_norm_and_head()
     W, g, eps = head.weight.detach(), norm.weight.detach(), float(norm.eps)
     W_norm = spectral_norm(W)
-    T, B, L = trace.x.shape
-    x = trace.x.reshape(T * B, L)  # (S, L)
-    cand = (trace.masked & trace.active).reshape(T * B, L)  # (S, L) M_t ∩ A_t
-    frontier = trace.committed.reshape(T * B, L)  # (S, L) F_t
-    k = trace.k.reshape(T * B)  # (S,)
-    am = None if trace.attention_mask is None else trace.attention_mask.repeat(T, 1)
     slots: dict[str, list[Tensor]] = {}
     steps: dict[str, list[Tensor]] = {}
 
@@ -61,14 +48,15 @@ def bounds_on_trace(teacher, student, trace: Trace, batch_size: int = 256,
         for key, v in kv.items():
             store.setdefault(key, []).append(v.detach().cpu())
 
-    for s0 in range(0, T * B, batch_size):
-        sl = slice(s0, s0 + batch_size)
-        mask_b = None if am is None else am[sl]
-        h = _final_hidden(teacher, x[sl], mask_b)  # (b, L, d)
-        dh = _final_hidden(student, x[sl], mask_b) - h  # (b, L, d)
+    # the one teacher-forced loop: final hidden states of both models on the same x_t,
+    # rows aligned to the positions they predict (Dream predicts i from i − 1)
+    for sb in iter_trace_states(teacher, student, trace, batch_size, logits=False,
+                                hidden=True):
+        h = sb.teacher.h.to(torch.float64)  # (b, L, d)
+        dh = sb.student.h.to(torch.float64) - h  # (b, L, d)
         z = rms_norm(h, g, eps) @ W.T.to(torch.float64)  # (b, L, V) teacher logits
         delta = rms_norm(h + dh, g, eps) @ W.T.to(torch.float64) - z  # (b, L, V)
-        c = cand[sl]  # (b, L)
+        c = sb.masked & sb.active  # (b, L): M_t ∩ A_t, the candidate slots
         t1 = kl_logit_bound(z[c], delta[c])  # per slot (n_b,)
         t2 = hidden_lift_bound(h[c], dh[c], W, g, eps, W_norm=W_norm)
         fl = flip_bounds(z[c], delta[c])
@@ -77,7 +65,7 @@ def bounds_on_trace(teacher, student, trace: Trace, batch_size: int = 256,
         put(slots, kl=t1.measured, t1_l2=t1.bound_l2, t1_range=t1.bound_range,
             second_order=t1.second_order, t2_bound=t2.bound, t2_L=t2.L,
             t2_bound_global=t2.bound_global, flipped=fl.flipped, g=fl.g, m=fl.m, t4=fl.t4,
-            t4_prime=fl.t4_prime, t4_via_t1=fl.t4_via_t1, t4_prime_hidden=lifted, frontier=frontier[sl][c],
+            t4_prime=fl.t4_prime, t4_via_t1=fl.t4_via_t1, t4_prime_hidden=lifted, frontier=sb.committed[c],
             dh2=(dh[c] ** 2).sum(-1))
         # T4s per state: confidences over the L slots, −inf outside M_t ∩ A_t
         p_t = torch.softmax(z, -1)  # (b, L, V)
@@ -88,7 +76,7 @@ def bounds_on_trace(teacher, student, trace: Trace, batch_size: int = 256,
         kl_full[c] = t1.measured.clamp(min=0.0)
         # k_t, capped at the candidates left: Dream's count is batch-averaged, so a row whose
         # model wrote the mask token itself (untrained models only) can have fewer
-        kb = torch.minimum(k[sl], c.sum(-1))
+        kb = torch.minimum(sb.k, c.sum(-1))
         ok = kb > 0  # steps with a commit count (Dream `origin` has none: k = −1)
         if ok.any():
             r = set_flip_bound(conf_t[ok], kl_full[ok], kb[ok], conf_student=conf_s[ok],
