@@ -361,7 +361,8 @@ def test_index_naming_a_key_the_config_does_not_imply_is_an_error_naming_it(tmp_
     before any shard is opened (here the shard it names does not even exist)."""
     ck = write_public(tmp_path / "ck", tiny_raw("llada"), public_tensors("llada"), shards=2)
     index = json.loads((ck / "model.safetensors.index.json").read_text())
-    index["weight_map"]["model.transformer.blocks.2.q_proj.weight"] = "model-00003-of-00003.safetensors"
+    extra = "model.transformer.blocks.2.q_proj.weight"
+    index["weight_map"][extra] = "model-00003-of-00003.safetensors"
     (ck / "model.safetensors.index.json").write_text(json.dumps(index))
     with pytest.raises(ValueError, match=r"index\.json lists key "
                                          r"'model\.transformer\.blocks\.2\.q_proj\.weight'"):
@@ -445,7 +446,8 @@ def test_misshapen_tensor_is_reported_before_any_tensor_data_is_read(tmp_path, m
     ck = write_public(tmp_path / "ck", tiny_raw("llada"), t, shards=2)
     log = _ReadLog(ckpt.safe_open)
     monkeypatch.setattr(ckpt, "safe_open", log)
-    with pytest.raises(ValueError, match=r"shape mismatch for key 'model\.transformer\.ln_f\.weight'"):
+    with pytest.raises(ValueError,
+                       match=r"shape mismatch for key 'model\.transformer\.ln_f\.weight'"):
         load(ck)
     assert log.reads == []
 

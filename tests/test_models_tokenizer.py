@@ -122,8 +122,9 @@ def render_template(template: str, messages: list[dict], bos: str) -> str:
 # empty contents, newlines and the chat markers' own characters inside the content
 _WS = st.sampled_from(["", " ", "\n", "\t ", " \n\n"])
 _CONTENT = st.tuples(_WS, st.text(alphabet="ab <|>\n\u00e9", max_size=12), _WS).map("".join)
-_MESSAGES = st.lists(st.fixed_dictionaries({"role": st.sampled_from(["system", "user", "assistant"]),
-                                            "content": _CONTENT}), min_size=1, max_size=4)
+_ROLE = st.sampled_from(["system", "user", "assistant"])
+_MESSAGES = st.lists(st.fixed_dictionaries({"role": _ROLE, "content": _CONTENT}),
+                     min_size=1, max_size=4)
 
 
 @given(messages=_MESSAGES)
@@ -218,8 +219,9 @@ def test_tokenizer_without_the_mask_token_is_an_error_even_when_config_gives_its
     """config.json names the mask id, but the tokenizer.json has an ordinary token there:
     the tokenizer is not this model's, which would otherwise pass unnoticed."""
     d = write_tiny_instruct(tmp_path / arch, arch, drop=(mask,))
+    mask_id = tiny_instruct_raw(arch)["mask_token_id"]
     with pytest.raises(ValueError, match=r"tokenizer\.json: the tokenizer has no mask token: "
-                                         rf"mask_token_id={tiny_instruct_raw(arch)['mask_token_id']}"):
+                                         rf"mask_token_id={mask_id}"):
         load_tokenizer(d)
 
 

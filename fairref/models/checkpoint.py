@@ -9,13 +9,18 @@ A checkpoint is a directory laid out like the public LLaDA / Dream repositories:
 
 :func:`load` is strict: a missing or unexpected tensor, a shape mismatch, an unsupported
 config value, a missing file or a malformed index is an error that names the key or the
-file. It never unpickles and never runs code from the checkpoint. The model is first
-built on the ``meta`` device (no random init, no memory) and the tensors read from disk
-are assigned into it, so LLaDA-8B in bfloat16 loads straight onto a GPU.
+file. It never unpickles and never runs code from the checkpoint. It is also lazy: the
+model is built on the ``meta`` device (no random init, no memory); every tensor name,
+shape and dtype is checked against the config from the safetensors headers before any
+data is read; then the tensors are read one at a time, each converted to the requested
+dtype before the next is read, and assigned into the model without a copy. Peak memory
+is one model in that dtype (plus one tensor), so LLaDA-8B in bfloat16 loads straight
+onto a GPU.
 
 :func:`save` writes the same layout atomically (:func:`fairref.files.atomic_directory`:
 a temporary directory next to the target, renamed into place at the end, with ordinary
-permissions); an existing non-empty target is refused unless ``overwrite=True``. It can
+permissions) after checking that the disk has room for it; an existing non-empty target
+is refused unless ``overwrite=True``. It can
 add what :func:`load`, :func:`load_tokenizer` and ``fairref generate`` read beside the
 weights: ``tokenizer.json`` and ``generation_config.json``.
 """

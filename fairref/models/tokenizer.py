@@ -188,7 +188,8 @@ def apply_chat_format(family: str, messages: str | Sequence[Mapping[str, str]]) 
     or a string meaning one user turn. Pure: the text, with the special tokens spelled out;
     :func:`encode_chat` turns it into ids."""
     if family not in CHAT_SPECIAL_TOKENS:
-        raise ValueError(f"chat format must be one of {sorted(CHAT_SPECIAL_TOKENS)}, got {family!r}")
+        raise ValueError(f"chat format must be one of {sorted(CHAT_SPECIAL_TOKENS)}, "
+                         f"got {family!r}")
     turns = _check_messages(messages)
     if family == "llada":
         # BOS once, then each turn; the template trims the content (Jinja ``| trim``)
