@@ -289,7 +289,9 @@ def test_save_with_tokenizer_and_generation_config_round_trips(as_path, tmp_path
     """What load, load_tokenizer and `fairref generate` read comes back as it was given."""
     from fairref.models import load_tokenizer
 
-    model = random_model(config_from_dict(tiny_raw("llada")), seed=8)
+    # the config's mask id is the tokenizer's <|mask|> (load_tokenizer checks they agree)
+    raw = {**tiny_raw("llada"), "mask_token_id": 2, "eos_token_id": 1, "pad_token_id": 0}
+    model = random_model(config_from_dict(raw), seed=8)
     tok = _char_tokenizer()
     if as_path:
         tok.save(str(tmp_path / "tokenizer.json"))
@@ -300,7 +302,7 @@ def test_save_with_tokenizer_and_generation_config_round_trips(as_path, tmp_path
     assert json.loads((out / "generation_config.json").read_text()) == gen
     text = load_tokenizer(out)
     assert text.decode(text.encode("12+3=")) == "12+3="
-    assert text.mask_token_id == tiny_raw("llada")["mask_token_id"]  # from config.json
+    assert (text.mask_token_id, text.eos_token_id) == (2, 1)
 
 
 def test_save_writes_ordinary_permissions(tmp_path):
