@@ -130,6 +130,10 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
                    help="LLaDA remasking strategy (default: low_confidence)")
     p.add_argument("--temperature", type=non_negative_float,
                    help="sampling temperature; 0 is greedy (default: 0)")
+    p.add_argument("--chat", action="store_true",
+                   help="lay each prompt out as a user turn of the instruct model's chat "
+                        "format (LLaDA-Instruct or Dream/Qwen2, read from its "
+                        "tokenizer_config.json); an error for a model without one")
     p.add_argument("--seed", type=int, default=0, help="generator seed (default: %(default)s)")
     p.add_argument("--trace", type=Path, metavar="FILE",
                    help="also record the sampler trace (SPEC §2) and save it as JSON here")
@@ -158,6 +162,7 @@ def _run_generate(args: argparse.Namespace) -> int:
     tok = load_tokenizer(args.model)
     family = sampler_family(model)
     settings, fmt = load_generation_config(args.model, family)
+    fmt = dataclasses.replace(fmt, chat=True) if args.chat else fmt
     flags = {"steps": "--steps", "gen_length": "--gen-length", "block_length": "--block-length",
              "remasking": "--remasking", "alg": "--alg", "temperature": "--temperature"}
     given = {k: getattr(args, k) for k in flags if getattr(args, k) is not None}

@@ -7,6 +7,7 @@ shapes come from the naming rules of SPEC §2 spelled out below, not from a mode
 
 import json
 import os
+import weakref
 from pathlib import Path
 
 import pytest
@@ -288,7 +289,9 @@ def test_save_with_tokenizer_and_generation_config_round_trips(as_path, tmp_path
     """What load, load_tokenizer and `fairref generate` read comes back as it was given."""
     from fairref.models import load_tokenizer
 
-    model = random_model(config_from_dict(tiny_raw("llada")), seed=8)
+    # the config's mask id is the tokenizer's <|mask|> (load_tokenizer checks they agree)
+    raw = {**tiny_raw("llada"), "mask_token_id": 2, "eos_token_id": 1, "pad_token_id": 0}
+    model = random_model(config_from_dict(raw), seed=8)
     tok = _char_tokenizer()
     if as_path:
         tok.save(str(tmp_path / "tokenizer.json"))
@@ -299,7 +302,7 @@ def test_save_with_tokenizer_and_generation_config_round_trips(as_path, tmp_path
     assert json.loads((out / "generation_config.json").read_text()) == gen
     text = load_tokenizer(out)
     assert text.decode(text.encode("12+3=")) == "12+3="
-    assert text.mask_token_id == tiny_raw("llada")["mask_token_id"]  # from config.json
+    assert (text.mask_token_id, text.eos_token_id) == (2, 1)
 
 
 def test_save_writes_ordinary_permissions(tmp_path):
@@ -350,3 +353,124 @@ def test_save_checks_its_extras_before_writing_anything(kwargs, match, tmp_path)
     with pytest.raises((ValueError, FileNotFoundError), match=match):
         save(model, tmp_path / "m", **kwargs)
     assert list(tmp_path.iterdir()) == []
+
+
+# --- bad input found before any tensor data is read ----------------------------------------
+
+
+def test_index_naming_a_key_the_config_does_not_imply_is_an_error_naming_it(tmp_path):
+    """A third block in the index of a 2-block config: the index file and the key are named,
+    before any shard is opened (here the shard it names does not even exist)."""
+    ck = write_public(tmp_path / "ck", tiny_raw("llada"), public_tensors("llada"), shards=2)
+    index = json.loads((ck / "model.safetensors.index.json").read_text())
+    extra = "model.transformer.blocks.2.q_proj.weight"
+    index["weight_map"][extra] = "model-00003-of-00003.safetensors"
+    (ck / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match=r"index\.json lists key "
+                                         r"'model\.transformer\.blocks\.2\.q_proj\.weight'"):
+        load(ck)
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int8, torch.bool])
+def test_tensor_of_a_non_float_dtype_is_an_error_naming_the_key_and_dtype(dtype, tmp_path):
+    t = public_tensors("dream")
+    t["model.norm.weight"] = torch.ones(32, dtype=dtype)
+    with pytest.raises(ValueError, match=r"key 'model\.norm\.weight' in model\.safetensors has "
+                                         r"dtype (I32|I8|BOOL)"):
+        load(write_public(tmp_path / "ck", tiny_raw("dream"), t))
+
+
+class _ReadLog:
+    """Stands in for ``safe_open``: records every tensor read and, at each read, the bytes of
+    earlier reads that are still alive (held through weak references only)."""
+
+    def __init__(self, real_open):
+        self.real_open, self.reads, self.alive_at_read = real_open, [], []
+
+    def __call__(self, *args, **kwargs):
+        log = self
+
+        class Handle:
+            def __init__(self, inner):
+                self.inner = inner
+
+            def __enter__(self):
+                self.f = self.inner.__enter__()
+                return self
+
+            def __exit__(self, *exc):
+                return self.inner.__exit__(*exc)
+
+            def keys(self):
+                return self.f.keys()
+
+            def get_slice(self, name):
+                return self.f.get_slice(name)
+
+            def get_tensor(self, name):
+                alive = [r() for r, _ in log.reads]
+                log.alive_at_read.append(sum(t.numel() * t.element_size()
+                                             for t in alive if t is not None))
+                t = self.f.get_tensor(name)
+                log.reads.append((weakref.ref(t), name))
+                return t
+
+        return Handle(self.real_open(*args, **kwargs))
+
+
+@pytest.mark.parametrize("stored,wanted", [(torch.bfloat16, torch.float32),
+                                           (torch.float32, torch.bfloat16)])
+def test_load_reads_each_tensor_once_and_never_holds_two_stored_copies(stored, wanted, tmp_path,
+                                                                      monkeypatch):
+    """Peak memory is one model in the requested dtype: each tensor is read exactly once,
+    and when the next one is read no earlier stored-dtype tensor is still alive (a loader
+    that reads everything, then converts, holds all of them). Counted in tensors and bytes,
+    not RSS, so the verdict does not depend on the machine."""
+    import fairref.models.checkpoint as ckpt
+
+    tensors = public_tensors("llada", dtype=stored)
+    ck = write_public(tmp_path / "ck", tiny_raw("llada"), tensors, shards=3)
+    log = _ReadLog(ckpt.safe_open)
+    monkeypatch.setattr(ckpt, "safe_open", log)
+    model = load(ck, dtype=wanted)
+    assert sorted(name for _, name in log.reads) == sorted(tensors)  # once each
+    assert max(log.alive_at_read) == 0
+    assert all(p.dtype == wanted and not p.is_meta for p in model.parameters())
+    for name, t in model.state_dict().items():
+        assert torch.equal(t, tensors[name].to(wanted))
+
+
+def test_misshapen_tensor_is_reported_before_any_tensor_data_is_read(tmp_path, monkeypatch):
+    import fairref.models.checkpoint as ckpt
+
+    t = public_tensors("llada")
+    t["model.transformer.ln_f.weight"] = torch.ones(31, dtype=torch.bfloat16)
+    ck = write_public(tmp_path / "ck", tiny_raw("llada"), t, shards=2)
+    log = _ReadLog(ckpt.safe_open)
+    monkeypatch.setattr(ckpt, "safe_open", log)
+    with pytest.raises(ValueError,
+                       match=r"shape mismatch for key 'model\.transformer\.ln_f\.weight'"):
+        load(ck)
+    assert log.reads == []
+
+
+# --- disk space --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("max_shard_bytes", [None, 4000])
+def test_save_refuses_before_writing_when_free_disk_is_below_what_it_writes(max_shard_bytes,
+                                                                           tmp_path, monkeypatch):
+    """Free space one byte short of what save actually writes (measured by a first save)
+    is refused with a clear error, and nothing, not even a temporary, is left behind."""
+    import shutil
+
+    model = random_model(config_from_dict(tiny_raw("dream")), seed=11)
+    tok = _char_tokenizer()
+    kw = dict(max_shard_bytes=max_shard_bytes, tokenizer=tok, generation_config={"steps": 4})
+    first = save(model, tmp_path / "first", **kw)
+    written = sum(f.stat().st_size for f in first.iterdir())
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage._replace(free=written - 1))
+    with pytest.raises(ValueError, match=r"not enough free disk space to save to .*out.*GiB"):
+        save(model, tmp_path / "sub" / "out", **kw)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["first"]

@@ -297,3 +297,45 @@ def test_valid_values_of_either_json_number_type_or_null_are_accepted(name, key,
     raw = real(name)
     raw[key] = value
     assert config_from_dict(raw).to_dict() == raw
+
+
+# Independent of the code's tables: every key of the published files, sorted by what it
+# does to the computation (the issue's "used / checked / rejected"). A key that changes the
+# math is a field (used) or guarded (checked: any other value is an error); the rest only
+# describe training, kernels or the HF wrapper and may be accepted as they are.
+DESCRIPTIVE = {
+    LLADA: {"alibi_bias_max", "architectures", "attention_dropout",
+            "attention_layer_norm_with_affine", "auto_map", "embedding_dropout",
+            "flash_attention", "init_cutoff_factor", "init_device", "init_fn", "init_std",
+            "model_type", "precision", "residual_dropout", "transformers_version",
+            "use_cache"},
+    DREAM: {"_name_or_path", "architectures", "attention_dropout", "auto_map",
+            "initializer_range", "max_window_layers", "model_type", "sliding_window",
+            "torch_dtype", "transformers_version", "use_cache"},
+}
+DESCRIPTIVE[DIFFUCODER] = DESCRIPTIVE[DREAM]
+
+
+@pytest.mark.parametrize("name", [LLADA, DREAM, DIFFUCODER])
+def test_every_key_of_the_real_files_is_used_checked_or_descriptive(name):
+    """No key of a real file is silently ignored if it can change the computation: it is a
+    dataclass field or a guarded key, unless the table above calls it descriptive."""
+    raw = real(name)
+    cls = type(config_from_dict(raw))
+    fields = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+    unclassified = set(raw) - fields - set(cls.GUARDED) - DESCRIPTIVE[name]
+    assert not unclassified
+
+
+@pytest.mark.parametrize("name", [LLADA, DREAM])
+def test_every_guarded_key_rejects_a_value_it_does_not_implement(name):
+    """A guarded key is checked, not just listed: flipping a boolean flag, or giving a
+    string / null flag another value, is an error that names the key."""
+    cls = type(config_from_dict(real(name)))
+    for key, accepted in cls.GUARDED.items():
+        if key == "model_type":
+            continue  # dispatch, tested above
+        bad = (not accepted[0]) if isinstance(accepted[0], bool) else "unsupported-value"
+        raw = {**real(name), key: bad}
+        with pytest.raises(ValueError, match=repr(key)):
+            config_from_dict(raw)

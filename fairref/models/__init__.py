@@ -5,7 +5,8 @@
   the public checkpoints; configs :class:`LLaDAConfig`, :class:`DreamConfig`.
 - :func:`load` / :func:`save` — strict ``config.json`` + safetensors I/O (SPEC §7);
   :func:`build`, :func:`random_model` — fresh models for tests and training.
-- :func:`load_tokenizer` — ``tokenizer.json`` with the special ids.
+- :func:`load_tokenizer` — ``tokenizer.json`` with the special ids and the chat format;
+  :func:`apply_chat_format`, :func:`encode_chat` — the instruct prompt layouts.
 """
 
 from fairref.models.checkpoint import (
@@ -15,7 +16,9 @@ from fairref.models.config import DreamConfig, LLaDAConfig, config_from_dict
 from fairref.models.dream import DreamModel
 from fairref.models.llada import LLaDAModel
 from fairref.models.protocol import MaskedDiffusionLM, shift_head_logits
-from fairref.models.tokenizer import PromptFormat, TextTokenizer, encode_prompts, load_tokenizer
+from fairref.models.tokenizer import (
+    PromptFormat, TextTokenizer, apply_chat_format, encode_chat, encode_prompts, load_tokenizer,
+)
 
 __all__ = [
     "MaskedDiffusionLM",
@@ -36,4 +39,6 @@ __all__ = [
     "TextTokenizer",
     "encode_prompts",
     "load_tokenizer",
+    "apply_chat_format",
+    "encode_chat",
 ]

@@ -9,13 +9,18 @@ A checkpoint is a directory laid out like the public LLaDA / Dream repositories:
 
 :func:`load` is strict: a missing or unexpected tensor, a shape mismatch, an unsupported
 config value, a missing file or a malformed index is an error that names the key or the
-file. It never unpickles and never runs code from the checkpoint. The model is first
-built on the ``meta`` device (no random init, no memory) and the tensors read from disk
-are assigned into it, so LLaDA-8B in bfloat16 loads straight onto a GPU.
+file. It never unpickles and never runs code from the checkpoint. It is also lazy: the
+model is built on the ``meta`` device (no random init, no memory); every tensor name,
+shape and dtype is checked against the config from the safetensors headers before any
+data is read; then the tensors are read one at a time, each converted to the requested
+dtype before the next is read, and assigned into the model without a copy. Peak memory
+is one model in that dtype (plus one tensor), so LLaDA-8B in bfloat16 loads straight
+onto a GPU.
 
 :func:`save` writes the same layout atomically (:func:`fairref.files.atomic_directory`:
 a temporary directory next to the target, renamed into place at the end, with ordinary
-permissions); an existing non-empty target is refused unless ``overwrite=True``. It can
+permissions) after checking that the disk has room for it; an existing non-empty target
+is refused unless ``overwrite=True``. It can
 add what :func:`load`, :func:`load_tokenizer` and ``fairref generate`` read beside the
 weights: ``tokenizer.json`` and ``generation_config.json``.
 """
@@ -24,8 +29,9 @@ from __future__ import annotations
 
 import json
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -104,79 +110,138 @@ def _checkpoint_dir(path: str | Path) -> Path:
     return path
 
 
-def _weight_files(path: Path) -> dict[str, list[str]]:
-    """shard file → tensor names it must hold, from the index or the single file."""
+def _index_map(path: Path) -> dict[str, list[str]] | None:
+    """shard file → tensor names, from ``model.safetensors.index.json``; None if absent."""
     index = path / INDEX_FILE
-    if index.is_file():
-        raw = read_json(index, "shard index")
-        wmap = raw.get("weight_map") if isinstance(raw, dict) else None
-        if not isinstance(wmap, dict) or not wmap or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in wmap.items()):
-            raise ValueError(f"{index}: 'weight_map' must be a non-empty object mapping "
-                             "tensor names to shard file names")
-        shards: dict[str, list[str]] = {}
-        for name, shard in wmap.items():
-            if Path(shard).name != shard:
-                raise ValueError(f"{index}: shard {shard!r} for {name!r} is not a plain file "
-                                 "name inside the checkpoint directory")
-            shards.setdefault(shard, []).append(name)
-        for shard in shards:
-            if not (path / shard).is_file():
-                raise FileNotFoundError(f"{index} names shard {shard!r}, which is missing "
-                                        f"from {path}; the download may be incomplete")
-        return shards
-    if (path / WEIGHTS_FILE).is_file():
-        return {WEIGHTS_FILE: []}  # [] = whatever the single file holds
-    raise FileNotFoundError(f"no {WEIGHTS_FILE} and no {INDEX_FILE} in {path}")
+    if not index.is_file():
+        return None
+    raw = read_json(index, "shard index")
+    wmap = raw.get("weight_map") if isinstance(raw, dict) else None
+    if not isinstance(wmap, dict) or not wmap or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in wmap.items()):
+        raise ValueError(f"{index}: 'weight_map' must be a non-empty object mapping "
+                         "tensor names to shard file names")
+    shards: dict[str, list[str]] = {}
+    for name, shard in wmap.items():
+        if Path(shard).name != shard:
+            raise ValueError(f"{index}: shard {shard!r} for {name!r} is not a plain file "
+                             "name inside the checkpoint directory")
+        shards.setdefault(shard, []).append(name)
+    return shards
+
+
+def _weight_files(path: Path, want: Mapping[str, Any] | None = None) -> dict[str, list[str]]:
+    """shard file → tensor names it must hold, from the index or the single file.
+
+    With ``want`` (the names the config implies), an index that lists a name outside it is
+    an error naming that key, raised before any shard is opened."""
+    shards = _index_map(path)
+    if shards is None:
+        if (path / WEIGHTS_FILE).is_file():
+            return {WEIGHTS_FILE: []}  # [] = whatever the single file holds
+        raise FileNotFoundError(f"no {WEIGHTS_FILE} and no {INDEX_FILE} in {path}")
+    index = path / INDEX_FILE
+    if want is not None:
+        stray = sorted(n for names in shards.values() for n in names if n not in want)
+        if stray:
+            raise ValueError(f"{index} lists key {stray[0]!r}, which config.json does not "
+                             f"imply ({len(stray)} such key(s): {stray[:5]}); the weights "
+                             "belong to another architecture or size than config.json says")
+    for shard in shards:
+        if not (path / shard).is_file():
+            raise FileNotFoundError(f"{index} names shard {shard!r}, which is missing "
+                                    f"from {path}; the download may be incomplete")
+    return shards
+
+
+@contextmanager
+def _open_shard(file: Path, device: torch.device | str = "cpu") -> Iterator[Any]:
+    """``safe_open`` on one shard; a truncated or foreign file becomes a ``ValueError``
+    naming it, whether the damage shows in the header or only when a tensor is read."""
+    try:
+        with safe_open(str(file), framework="pt", device=str(device)) as f:
+            yield f
+    except SafetensorError as e:
+        raise ValueError(f"{file} is not a readable safetensors file ({e}); it may be "
+                         "truncated or corrupt: download it again") from e
+
+
+#: safetensors dtype codes of the floating-point weights a float checkpoint may hold
+_FLOAT_CODES = ("F64", "F32", "F16", "BF16")
+
+
+def _check_headers(path: Path, shards: Mapping[str, list[str]],
+                   want: Mapping[str, tuple[int, ...]]) -> None:
+    """Names, shapes and dtypes of every stored tensor against the config, from the
+    safetensors headers alone (no tensor data is read), so a mismatch is reported before
+    gigabytes are loaded."""
+    found: dict[str, str] = {}  # tensor name → shard that holds it
+    for shard, expected in shards.items():
+        with _open_shard(path / shard) as f:
+            names = list(f.keys())
+            if expected:
+                absent = sorted(set(expected) - set(names))
+                if absent:
+                    raise ValueError(f"{INDEX_FILE} maps {absent[:5]} to {shard!r}, which does "
+                                     "not contain them")
+                stray = sorted(set(names) - set(expected))
+                if stray:
+                    raise ValueError(f"unexpected key(s) {stray[:5]} in shard {shard!r}: not "
+                                     f"listed for it in {INDEX_FILE}")
+            for name in names:
+                if name in found:
+                    raise ValueError(f"tensor {name!r} appears in more than one shard "
+                                     f"({found[name]!r} and {shard!r})")
+                found[name] = shard
+                if name not in want:
+                    continue  # reported with the others below
+                header = f.get_slice(name)
+                shape, code = tuple(header.get_shape()), header.get_dtype()
+                if shape != want[name]:
+                    raise ValueError(f"shape mismatch for key {name!r}: {shard} has {shape}, "
+                                     f"the config implies {want[name]}")
+                if code not in _FLOAT_CODES:
+                    raise ValueError(f"key {name!r} in {shard} has dtype {code}; a float "
+                                     f"checkpoint holds {list(_FLOAT_CODES)} weights (a "
+                                     "quantized checkpoint is not loaded by this function)")
+    _check_names(want, found)
+
+
+def _check_names(want: Mapping[str, Any], have: Mapping[str, Any]) -> None:
+    """Missing and unexpected tensor names, each error naming a key."""
+    missing = sorted(set(want) - set(have))
+    if missing:
+        raise ValueError(f"checkpoint is missing {len(missing)} tensor(s), e.g. missing key "
+                         f"{missing[0]!r} (all: {missing[:8]}{' ...' if len(missing) > 8 else ''})")
+    unexpected = sorted(set(have) - set(want))
+    if unexpected:
+        raise ValueError(f"checkpoint has {len(unexpected)} unexpected tensor(s), e.g. "
+                         f"unexpected key {unexpected[0]!r} (all: {unexpected[:8]})")
 
 
 def read_weights(path: str | Path, device: torch.device | str = "cpu") -> dict[str, Tensor]:
-    """All tensors of the checkpoint at ``path`` (as stored), checking index ↔ shards."""
+    """All tensors of the checkpoint at ``path`` (as stored), checking index ↔ shards.
+
+    This holds the whole checkpoint in memory in its stored dtype; :func:`load` does not
+    use it (it converts tensor by tensor)."""
     path = Path(path)
     tensors: dict[str, Tensor] = {}
     for shard, expected in _weight_files(path).items():
-        try:
-            tensors.update(_read_shard(path / shard, expected, tensors, device))
-        except SafetensorError as e:  # a truncated download, or not a safetensors file
-            raise ValueError(f"{path / shard} is not a readable safetensors file ({e}); "
-                             "it may be truncated or corrupt: download it again") from e
-    return tensors
-
-
-def _read_shard(file: Path, expected: list[str], seen: Mapping[str, Tensor],
-                device: torch.device | str) -> dict[str, Tensor]:
-    """The tensors of one safetensors file, checked against the index's ``expected``."""
-    shard = file.name
-    tensors: dict[str, Tensor] = {}
-    with safe_open(str(file), framework="pt", device=str(device)) as f:
-        names = list(f.keys())
-        if expected:
-            absent = sorted(set(expected) - set(names))
-            if absent:
-                raise ValueError(f"{INDEX_FILE} maps {absent[:5]} to {shard!r}, which does "
-                                 "not contain them")
-            stray = sorted(set(names) - set(expected))
-            if stray:
-                raise ValueError(f"unexpected key(s) {stray[:5]} in shard {shard!r}: not "
-                                 f"listed for it in {INDEX_FILE}")
-        for name in names:
-            if name in seen:
-                raise ValueError(f"tensor {name!r} appears in more than one shard")
-            tensors[name] = f.get_tensor(name)
+        with _open_shard(path / shard, device) as f:
+            names = list(f.keys())
+            if expected and sorted(names) != sorted(expected):
+                raise ValueError(f"{INDEX_FILE} and shard {shard!r} disagree on its tensors")
+            for name in names:
+                if name in tensors:
+                    raise ValueError(f"tensor {name!r} appears in more than one shard")
+                tensors[name] = f.get_tensor(name)
     return tensors
 
 
 def check_state_dict(model: nn.Module, tensors: Mapping[str, Tensor]) -> None:
     """Strict name and shape check of ``tensors`` against ``model``'s parameters."""
     want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    missing = sorted(set(want) - set(tensors))
-    if missing:
-        raise ValueError(f"checkpoint is missing {len(missing)} tensor(s), e.g. missing key "
-                         f"{missing[0]!r} (all: {missing[:8]}{' ...' if len(missing) > 8 else ''})")
-    unexpected = sorted(set(tensors) - set(want))
-    if unexpected:
-        raise ValueError(f"checkpoint has {len(unexpected)} unexpected tensor(s), e.g. "
-                         f"unexpected key {unexpected[0]!r} (all: {unexpected[:8]})")
+    _check_names(want, tensors)
     for name, shape in want.items():
         got = tuple(tensors[name].shape)
         if got != shape:
@@ -189,22 +254,35 @@ def check_state_dict(model: nn.Module, tensors: Mapping[str, Tensor]) -> None:
 
 def load(path: str | Path, dtype: torch.dtype | None = None,
          device: torch.device | str = "cpu") -> Model:
-    """Load the checkpoint directory ``path``.
+    """Load the checkpoint directory ``path``, lazily: peak memory is one model in ``dtype``.
 
     ``dtype=None`` means float32 (the reference computes in float32; bfloat16 weights are
-    upcast exactly). Pass ``torch.bfloat16`` for 8B models on a GPU. Every way a directory
-    can be unusable (missing, a file, no config.json, a bad config value, a missing or
-    corrupt shard, a missing or misshapen tensor) raises ``FileNotFoundError`` or
+    upcast exactly). Pass ``torch.bfloat16`` for 8B models on a GPU. The model is built on
+    the ``meta`` device (no memory, no random init); every name, shape and dtype is checked
+    against the config from the safetensors headers before any tensor data is read; then
+    each tensor is read on its own (``safe_open``), converted to ``dtype`` on ``device``,
+    and its stored-dtype copy dropped before the next one is read. The converted tensors
+    become the model's parameters as they are (``assign=True``, no second copy).
+
+    Every way a directory can be unusable (missing, a file, no config.json, a bad config
+    value, a missing or corrupt shard, an index naming a key the config does not imply, a
+    missing, unexpected, misshapen or non-float tensor) raises ``FileNotFoundError`` or
     ``ValueError`` naming the file or key."""
     path = _checkpoint_dir(path)
     dtype = torch.float32 if dtype is None else dtype
-    if not dtype.is_floating_point:
-        raise ValueError(f"dtype must be a floating-point dtype, got {dtype}")
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating-point torch.dtype, got {dtype}")
     config = read_config(path)
-    model = build(config, device="meta")
-    tensors = read_weights(path, device=device)
-    check_state_dict(model, tensors)
-    tensors = {k: v.to(dtype) for k, v in tensors.items()}
+    model = build(config, device="meta").to(dtype)
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    shards = _weight_files(path, want)
+    _check_headers(path, shards, want)
+    tensors: dict[str, Tensor] = {}
+    for shard in shards:
+        with _open_shard(path / shard, device) as f:
+            for name in f.keys():
+                # the stored-dtype tensor lives only until it is converted
+                tensors[name] = f.get_tensor(name).to(dtype)
     model.load_state_dict(tensors, strict=True, assign=True)
     return model.eval()
 
@@ -224,7 +302,9 @@ def save(model: Model, path: str | Path, dtype: torch.dtype | None = None,
     ``tokenizer.json``: a path to copy (the file, or a directory holding it), a
     ``tokenizers.Tokenizer``, or a :class:`~fairref.models.TextTokenizer`.
     ``generation_config`` (a JSON-serialisable dict, e.g. ``{"steps": 8, "gen_length":
-    16}``) is written as ``generation_config.json``. Everything appears at once or not at
+    16}``) is written as ``generation_config.json``. Free disk space is checked against
+    the bytes to be written before anything is written (``ValueError`` when short).
+    Everything appears at once or not at
     all; files get mode 0o644 and the directory 0o755 under the usual umask 022.
     Returns ``path``."""
     path = Path(path)
@@ -235,8 +315,13 @@ def save(model: Model, path: str | Path, dtype: torch.dtype | None = None,
     gen_text = _generation_config_text(generation_config)
     state = {k: v.detach().to("cpu", dtype or v.dtype).contiguous()
              for k, v in model.state_dict().items()}
+    config_text = json.dumps(model.config.to_dict(), indent=2) + "\n"
+    texts = [config_text, gen_text or ""]
+    tok_bytes = tok_source.stat().st_size if isinstance(tok_source, Path) else (
+        len(tok_source.to_str().encode()) if tok_source is not None else 0)
+    _check_free_space(path, _bytes_to_write(state, texts) + tok_bytes)
     with atomic_directory(path, overwrite=overwrite) as tmp:
-        (tmp / CONFIG_FILE).write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
+        (tmp / CONFIG_FILE).write_text(config_text)
         if max_shard_bytes is None:
             save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         else:
@@ -248,6 +333,32 @@ def save(model: Model, path: str | Path, dtype: torch.dtype | None = None,
         if gen_text is not None:
             (tmp / GENERATION_CONFIG_FILE).write_text(gen_text)
     return path
+
+
+#: safetensors header and index bytes allowed per tensor (its name, dtype, shape, offsets)
+_HEADER_BYTES_PER_TENSOR = 256
+
+
+def _bytes_to_write(state: Mapping[str, Tensor], texts: list[str]) -> int:
+    """An upper estimate of what :func:`save` writes: the tensor data, a generous
+    allowance for the safetensors headers and the index, and the text files."""
+    data = sum(t.numel() * t.element_size() for t in state.values())
+    return data + _HEADER_BYTES_PER_TENSOR * len(state) + sum(len(t.encode()) for t in texts)
+
+
+def _check_free_space(path: Path, need: int) -> None:
+    """``ValueError`` if the filesystem that will hold ``path`` has less than ``need``
+    bytes free; checked before anything is written, so a full disk never leaves a
+    half-written checkpoint (the atomic write would clean up, but only after a long write)."""
+    probe = path.absolute()
+    while not probe.exists() and probe != probe.parent:  # the folder that will hold it
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if free < need:
+        raise ValueError(f"not enough free disk space to save to {path}: the checkpoint needs "
+                         f"about {need / 2**30:.2f} GiB ({need} bytes), {probe} has "
+                         f"{free / 2**30:.2f} GiB free; free some space or choose another "
+                         "output directory")
 
 
 def _tokenizer_source(tokenizer: str | Path | Any | None) -> Path | Any | None:

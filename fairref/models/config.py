@@ -70,13 +70,14 @@ _LLADA_8B_EXTRA = {
 }
 #: The same for Dream-v0-Instruct-7B's config.json.
 _DREAM_7B_EXTRA = {
+    "_name_or_path": "Dream-org/Dream-v0-Instruct-7B",
     "architectures": ["DreamModel"], "attention_dropout": 0.0,
     "auto_map": {"AutoConfig": "configuration_dream.DreamConfig",
                  "AutoModel": "modeling_dream.DreamModel"},
     "hidden_act": "silu", "initializer_range": 0.02, "max_window_layers": 28,
     "model_type": "Dream", "rope_scaling": None, "sliding_window": None,
     "tie_word_embeddings": False, "torch_dtype": "bfloat16", "transformers_version": "4.46.2",
-    "use_cache": False, "use_sliding_window": False,
+    "use_cache": True, "use_mrope": False, "use_sliding_window": False,
 }
 
 
