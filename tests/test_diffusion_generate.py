@@ -154,3 +154,16 @@ def test_complete_refuses_a_mask_token_inside_a_prompt():
     model, tok = load(d), load_tokenizer(d)
     with pytest.raises(ValueError, match="mask token"):
         complete(model, tok, ["S:1<|mask|>2="])
+
+
+@pytest.mark.parametrize("arch", ["llada", "dream"])
+def test_published_generation_configs_load(tmp_path, arch):
+    """The generation_config.json of the real instruct checkpoints (Hugging Face metadata,
+    Dream's null options) loads; its sampler keys are honoured."""
+    from tiny import write_tiny_instruct
+
+    d = write_tiny_instruct(tmp_path / arch, arch)
+    settings, fmt = load_generation_config(d, arch)
+    if arch == "dream":
+        assert settings.alg == "origin" and settings.steps == 512 and settings.top_k is None
+    assert fmt == PromptFormat()

@@ -76,6 +76,11 @@ DREAM_FIELDS = frozenset({"steps", "gen_length", "temperature", "alg", "alg_temp
                           "top_p", "top_k"})
 #: prompt-format keys a generation_config.json may carry besides the sampler's
 PROMPT_KEYS = frozenset(f.name for f in dataclasses.fields(PromptFormat))
+#: keys Hugging Face writes into every generation_config.json (and the published Dream
+#: file's output flag): descriptive, they change no sampler decision, so they are accepted
+HF_DESCRIPTIVE_KEYS = frozenset({"_from_model_config", "transformers_version", "bos_token_id",
+                                 "eos_token_id", "pad_token_id", "mask_token_id",
+                                 "output_history", "return_dict_in_generate"})
 
 
 def sampler_family(model) -> str:
@@ -115,7 +120,8 @@ def load_generation_config(path: str | Path, family: str) -> tuple[SamplerSettin
     """Sampler settings and prompt format from ``path/generation_config.json`` (or the file).
 
     Missing file: the defaults. A key the ``family`` sampler does not use, or that is
-    neither a sampler nor a prompt-format key, is an error naming it.
+    neither a sampler, a prompt-format nor a descriptive Hugging Face key
+    (:data:`HF_DESCRIPTIVE_KEYS`), is an error naming it.
     """
     if family not in ("llada", "dream"):
         raise ValueError(f"family must be 'llada' or 'dream', got {family!r}")
@@ -128,7 +134,8 @@ def load_generation_config(path: str | Path, family: str) -> tuple[SamplerSettin
         raise ValueError(f"{file}: must hold a JSON object, got {type(raw).__name__}")
     used = LLADA_FIELDS if family == "llada" else DREAM_FIELDS
     other = DREAM_FIELDS if family == "llada" else LLADA_FIELDS
-    bad = [k for k in raw if k not in used and k not in PROMPT_KEYS]
+    bad = [k for k in raw if k not in used and k not in PROMPT_KEYS
+           and k not in HF_DESCRIPTIVE_KEYS]
     if bad:
         k = bad[0]
         why = (f"a {'Dream' if family == 'llada' else 'LLaDA'} sampler option"

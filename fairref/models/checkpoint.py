@@ -93,6 +93,8 @@ def read_config(path: str | Path) -> LLaDAConfig | DreamConfig:
         raise FileNotFoundError(f"no {CONFIG_FILE} in {path}: a checkpoint directory holds "
                                 f"{CONFIG_FILE} and {WEIGHTS_FILE} (or its shards)")
     raw = read_json(file, "model config")
+    if isinstance(raw, dict):  # a quantized directory's extra section (models/quantized.py)
+        raw = {k: v for k, v in raw.items() if k != "quantization_config"}
     try:
         return config_from_dict(raw)
     except ValueError as e:
@@ -272,6 +274,15 @@ def load(path: str | Path, dtype: torch.dtype | None = None,
     dtype = torch.float32 if dtype is None else dtype
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating-point torch.dtype, got {dtype}")
+    from fairref.models.quantized import is_quantized_dir, load_quantized
+
+    if is_quantized_dir(path):  # SPEC §7: a calibrated directory, rebuilt bit for bit
+        if dtype != torch.float32:
+            raise ValueError(f"{path} is a quantized checkpoint: it loads in float32, the "
+                             f"dtype its stored numbers are defined in; got dtype={dtype}")
+        model = load_quantized(path, lambda raw: build(config_from_dict(raw)),
+                               read_weights(path, device=device))
+        return model.to(device).eval()
     config = read_config(path)
     model = build(config, device="meta").to(dtype)
     want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
