@@ -187,7 +187,7 @@ class Prior:
     pi: Tensor  # (G,) float64
     H: Tensor  # (G,) float64: mean fragility-weighted frontier hits
     R: Tensor  # (G,) float64: 1 − mean reliability
-    hits: Tensor  # (G,) float64: mean plain band hits per rollout
+    hits: Tensor  # (G,) float64: mean plain band hits per rollout (NaN: not recorded)
     margin_mean: Tensor  # (G,) float64: mean logit margin while in the band (NaN: never)
     config: PriorConfig
     settings: SamplerSettings  # the sampler the rollouts used
@@ -317,7 +317,7 @@ class Prior:
             v = raw[k]
             if not isinstance(v, list) or len(v) != G:
                 fail(f"key {k!r} must be a list of gen_length={G} numbers")
-            nullable = k == "margin_mean"
+            nullable = k in ("hits", "margin_mean")  # NaN (unknown / never) as null
             if not all((x is None and nullable) or (isinstance(x, (int, float))
                        and not isinstance(x, bool)) for x in v):
                 fail(f"key {k!r} holds a non-number")
