@@ -338,3 +338,19 @@ def test_toy_probe_to_prior_on_training_prompts(name):
     c = prior.config
     assert bool(((prior.pi >= c.pi_min) & (prior.pi <= c.pi_max)).all())
     assert math.fsum(prior.pi.tolist()) / prior.pi.numel() == pytest.approx(1, abs=1e-12)
+
+
+class MaskProposer(ContextLM):
+    """Proposes the mask id itself at the last position: the public loop then 'commits' a
+    mask there, and the trajectory is not one Stage I can use."""
+
+    def logits(self, input_ids, attention_mask=None):
+        z = super().logits(input_ids, attention_mask)
+        z[:, -1, MASK] = 1e4
+        return z
+
+
+def test_probe_refuses_a_trace_in_which_the_teacher_commits_the_mask_id():
+    prompts = torch.zeros(1, 2, dtype=torch.int64)
+    with pytest.raises(ValueError, match="not a valid trajectory"):
+        probe(MaskProposer(0), prompts, SamplerSettings(steps=2, gen_length=2))

@@ -260,12 +260,8 @@ class Prior:
                                    shuffle_seed=seed)
 
     def token_weights(self, states, *, logit_shift: int, gamma: float | None = None) -> Tensor:
-        """:func:`row_weights` of a ``states.CalibStates`` (its band, prompt length and
-        mask) with this prior; ``gamma`` None: the config's. ``(S, L)`` float64."""
-        return row_weights(self.pi, states.band, states.prompt_len,
-                           pi_prompt=self.config.pi_prompt,
-                           gamma=self.config.gamma if gamma is None else gamma,
-                           logit_shift=logit_shift, attention_mask=states.attention_mask)
+        """:func:`token_weights` with this prior."""
+        return token_weights(self, states, logit_shift=logit_shift, gamma=gamma)
 
     # --- file I/O -----------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -361,6 +357,17 @@ class Prior:
             _atomic_write(path, lambda tmp: fig.savefig(tmp, format=path.suffix[1:] or "png"))
         finally:
             plt.close(fig)
+
+
+def token_weights(prior: Prior, states, *, logit_shift: int, gamma: float | None = None
+                  ) -> Tensor:
+    """Stage II weights (SPEC §3.4) of calibration ``states`` (a ``states.CalibStates``: its
+    band B_t, prompt length and attention mask) under ``prior``: ``(S, L)`` float64 per
+    hidden-state row. ``logit_shift``: the model's (Dream 1); ``gamma`` None: the config's."""
+    return row_weights(prior.pi, states.band, states.prompt_len,
+                       pi_prompt=prior.config.pi_prompt,
+                       gamma=prior.config.gamma if gamma is None else gamma,
+                       logit_shift=logit_shift, attention_mask=states.attention_mask)
 
 
 def _unit_mean(v: Tensor) -> Tensor:

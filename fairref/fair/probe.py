@@ -17,7 +17,7 @@ sampling entry point, :func:`fairref.diffusion.generate`, with its trace recorde
   t = τ_j always counts, F_t ⊆ M_t ∩ A_t). The trace records p_t(y | x_t) as ``p_y``
   (float32, computed in float64 from the step's logits), so no extra teacher pass is needed.
   Hard variant: the fraction of those steps at which y_j was the teacher's top-1 token,
-  read from the trace as ``p_y == p1`` — both are the float32 rounding of the same float64
+  read from the trace as ``p_y ≥ p1`` — both are the float32 rounding of the same float64
   ``exp(z − lse_t)``, so the test is exact when y_j is the argmax; a distinct token that
   ties with the top-1 *probability* at float32 resolution (logits within ~1e-7) counts too.
 
@@ -169,7 +169,7 @@ def reliability(trace: Trace, window: int = 4, kind: str = "soft") -> Tensor:
     """ρ_j of SPEC §3.2 per row and generation position: ``(B, G)`` float64.
 
     The mean of p_t(y_j | x_t) (``soft``) or of 1[y_j is the top-1 token] (``hard``, read
-    as ``p_y == p1``) over the last ``window`` steps t ≤ τ_j with j ∈ M_t ∩ A_t."""
+    as ``p_y ≥ p1``) over the last ``window`` steps t ≤ τ_j with j ∈ M_t ∩ A_t."""
     if isinstance(window, bool) or not isinstance(window, int) or window < 1:
         raise ValueError(f"window must be an int >= 1, got {window!r}")
     if kind not in RELIABILITY_KINDS:
@@ -226,7 +226,12 @@ def probe(model, prompt_ids: Tensor, settings: SamplerSettings, *, beta: float =
                                      batch_size=batch_size)
     h, rho, hits, msum, bands = [], [], [], [], []
     for tr in traces:
-        tr.validate()
+        try:
+            tr.validate()
+        except ValueError as e:
+            raise ValueError(f"the teacher's trace is not a valid trajectory ({e}); Stage I "
+                             "needs every generated position written exactly once (a model "
+                             "that proposes the mask id itself breaks this)") from e
         band = frontier_band(tr, beta)  # (T, B, L)
         P = tr.prompt_len
         m = tr.z1.to(torch.float64) - tr.z2.to(torch.float64)  # (T, B, L)
