@@ -92,6 +92,10 @@ def test_band_is_frontier_plus_next_ranked_candidates_ties_to_lowest_index():
     assert positions(frontier_band(tr, beta=2.5), 0) == {1, 2, 3, 4}
     # β = 0.01: still ⌈0.01·1⌉ = 1 position behind the frontier
     assert positions(frontier_band(tr, beta=0.01), 0) == {1, 2}
+    # candidates scored −inf still rank before the prompt position 0 (not a candidate)
+    inf = hand_trace(1, [7, 1, 2, 3, 4], F=[{1}, {2, 3}, {4}], A=[G, G, G],
+                     conf=[{1: 0.9, 2: -math.inf, 3: -math.inf, 4: -math.inf}])
+    assert positions(frontier_band(inf), 0) == {1, 2}
 
 
 def test_band_ranks_by_score_and_stays_inside_the_active_block():

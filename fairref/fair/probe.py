@@ -122,13 +122,17 @@ def frontier_band(trace: Trace, beta: float = 1.0) -> Tensor:
         raise ValueError("the trace has no sampler score (NaN conf) at some candidate; "
                          "its settings must name a random score so that p1 ranks instead")
     # only candidates not written this step compete for the band's extra places
-    rest = torch.where(C & ~F, score, -torch.inf)  # (T, B, L)
+    open_ = C & ~F  # (T, B, L)
+    rest = torch.where(open_, score, -torch.inf)  # (T, B, L)
     # descending and stable: among equal scores the lower position index comes first
     order = torch.sort(rest, dim=-1, descending=True, stable=True).indices  # (T, B, L)
+    # then, stably, open candidates before everything else (even one scored −inf)
+    closed = (~open_).gather(-1, order).to(torch.int8)  # (T, B, L) in rank order
+    order = order.gather(-1, torch.sort(closed, dim=-1, stable=True).indices)
     k = torch.where(trace.k >= 0, trace.k, F.sum(-1))  # (T, B): origin has no k_t: |F_t|
     # ⌈β·k_t⌉ in float64; the cap |M_t ∩ A_t| is met by taking only from C \ F_t
     extra = torch.ceil(beta * k.to(torch.float64)).to(torch.int64)  # (T, B)
-    extra = torch.minimum(extra, (C & ~F).sum(-1))  # (T, B)
+    extra = torch.minimum(extra, open_.sum(-1))  # (T, B)
     rank = torch.arange(C.shape[-1]).expand_as(order)  # (T, B, L): rank of order[..., r]
     take = rank < extra.unsqueeze(-1)  # (T, B, L) in rank order
     behind = torch.zeros_like(F).scatter_(-1, order, take)  # (T, B, L) back in positions
