@@ -1,5 +1,21 @@
-"""FAIR-Calib proper: Stage II calibration (SPEC §4). Stage I (probe, prior) comes next."""
+"""FAIR-Calib proper (SPEC §3, §4).
+
+- Stage I: ``probe.py`` (teacher rollouts, frontier band, fragility-weighted hits,
+  reliability), ``prior.py`` (the position prior π and the token weights w).
+- Stage II: ``states.py`` (calibration states from the teacher's traces), ``calibrate.py``
+  (the sequential block loop), ``methods.py`` (the named methods as data).
+"""
 
 from fairref.fair.calibrate import CalibConfig, CalibReport, quantize_model
+from fairref.fair.methods import METHODS, Method, get_method
+from fairref.fair.prior import Prior, PriorConfig, estimate_prior, row_weights, token_weights
+from fairref.fair.probe import ProbeResult, frontier_band, probe, teacher_rollouts
+from fairref.fair.states import CalibStates, plain_inputs, state_steps, teacher_states
 
-__all__ = ["CalibConfig", "CalibReport", "quantize_model"]
+__all__ = [
+    "CalibConfig", "CalibReport", "quantize_model",
+    "METHODS", "Method", "get_method",
+    "Prior", "PriorConfig", "estimate_prior", "row_weights", "token_weights",
+    "ProbeResult", "frontier_band", "probe", "teacher_rollouts",
+    "CalibStates", "plain_inputs", "state_steps", "teacher_states",
+]
