@@ -7,6 +7,8 @@ on unit columns), plus the float64 QR residual (≤ 1e-12 for n ≤ 128).
 Legend: n = K the rotated dimension, T tokens, N outputs.
 """
 
+import importlib
+
 import numpy as np
 import pytest
 import scipy.linalg
@@ -14,8 +16,16 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fairref.quant.rotation import hadamard, largest_pow2_divisor, random_orthogonal, rotation
+from fairref.quant.rotation import (
+    RotationSpec,
+    hadamard,
+    largest_pow2_divisor,
+    random_orthogonal,
+    rotation,
+)
 
+# the module itself (fairref.quant re-exports a function named ``rotation`` over it)
+rotation_module = importlib.import_module("fairref.quant.rotation")
 U = 2.0**-24
 ORTHO_TOL = 2 * U + U * U + 1e-12  # see the module docstring
 
@@ -93,3 +103,85 @@ def test_bad_dimension_raises(n):
 def test_unknown_kind_raises():
     with pytest.raises(ValueError, match="kind must be 'hadamard' or 'random'"):
         rotation(8, "givens")
+
+
+# --- RotationSpec: the block-wise rotation a QuantLinear holds ------------------------------
+
+
+def gamma(n: int) -> float:
+    """γ_n = n·u / (1 − n·u): relative error bound of a float32 sum of n products."""
+    return n * U / (1 - n * U)
+
+
+@st.composite
+def rotation_inputs(draw):
+    """(spec, x): K with K/m ∈ {1, 3, 5, …} blocks, x with an outlier feature, a zero token
+    and a wide dynamic range, so cancellations inside a block are common."""
+    kind = draw(st.sampled_from(["hadamard", "random"]))
+    K = draw(st.sampled_from([1, 2, 8, 12, 48, 64, 96, 160, 192, 768]))
+    if kind == "random":
+        K = min(K, 96)  # a dense QR per example: keep it small
+    T = draw(st.integers(1, 9))
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    x = torch.randn(T, K, generator=g) * 10.0 ** torch.randint(-3, 4, (T, 1), generator=g)
+    x[0, draw(st.integers(0, K - 1))] = draw(st.sampled_from([1e4, -3e5]))  # an outlier
+    if T > 1:
+        x[-1] = 0.0
+    return RotationSpec(kind, K, seed=draw(st.integers(0, 99))), x
+
+
+@given(rotation_inputs())
+def test_blockwise_rotation_within_gamma_m_of_exact_and_of_dense_reference(case):
+    """RotationSpec.apply (T·K/m × m by m × m) against the dense reference x @ rotation(K).
+
+    Derivation: (x R)_j = Σ_k x_k R_kj. Any float32 summation of n products (any order, with
+    or without FMA, as BLAS may choose) is within γ_n·Σ_k |x_k R_kj| of the exact sum
+    (Higham, Accuracy and Stability, §3.1). The block-wise product sums the m nonzero terms
+    of column j: error ≤ γ_m·(|x| |R|)_j; the dense product sums K terms (the zeros add
+    nothing): error ≤ γ_K·(|x| |R|)_j. So |blockwise − exact| ≤ γ_m·(|x| |R|)_j and
+    |blockwise − dense| ≤ (γ_m + γ_K)·(|x| |R|)_j. The float32 R is the exact matrix used
+    by both sides, so R's own rounding does not enter; "exact" is float64 of the float32
+    operands (|x| |R| in float64 carries ≤ K·2⁻⁵³ relative error, far below the slack).
+    """
+    spec, x = case
+    R = rotation(spec.dim, spec.kind, spec.seed)  # dense (K, K) reference
+    assert torch.equal(spec.matrix(), R)
+    xr = spec.apply(x).double()
+    exact = x.double() @ R.double()
+    scale = x.double().abs() @ R.double().abs()  # (T, K)
+    m, K = spec.block, spec.dim
+    assert m == (largest_pow2_divisor(K) if spec.kind == "hadamard" else K)
+    assert ((xr - exact).abs() <= gamma(m) * scale).all()
+    assert ((xr - (x @ R).double()).abs() <= (gamma(m) + gamma(K)) * scale).all()
+
+
+def test_blockwise_rotation_is_one_matmul_per_block_bit_for_bit():
+    """x R computed block by block on (…, K/m, m) rows: each block of a token is exactly
+    block @ H_m (the same float32 matmul on the same rows), for leading dims too."""
+    g = torch.Generator().manual_seed(0)
+    spec = RotationSpec("hadamard", 96)  # m = 32, three blocks
+    x = torch.randn(2, 5, 96, generator=g)
+    H = hadamard(32)
+    want = (x.reshape(-1, 32) @ H).reshape(2, 5, 96)
+    torch.testing.assert_close(spec.apply(x), want, rtol=0, atol=0)
+    torch.testing.assert_close(spec.apply_weight(x[0]), want[0], rtol=0, atol=0)
+
+
+def test_hadamard_spec_never_builds_the_dense_K_by_K(monkeypatch):
+    """For K = 3·2^10 only the 1024-block is ever built, never the 3072-wide matrix."""
+    sizes = []
+    real = rotation_module.hadamard
+    monkeypatch.setattr(rotation_module, "hadamard", lambda n: sizes.append(n) or real(n))
+    rotation_module._block_matrix.cache_clear()
+    RotationSpec("hadamard", 3072).apply(torch.ones(2, 3072))
+    rotation_module._block_matrix.cache_clear()
+    assert sizes == [1024]
+
+
+def test_rotation_spec_rejects_bad_fields_and_inputs():
+    with pytest.raises(ValueError, match="kind must be 'hadamard' or 'random'"):
+        RotationSpec("givens", 8)
+    with pytest.raises(ValueError, match="dim must be a positive integer"):
+        RotationSpec("hadamard", 0)
+    with pytest.raises(ValueError, match="x must end in K=8 features"):
+        RotationSpec("hadamard", 8).apply(torch.ones(3, 4))

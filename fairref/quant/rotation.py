@@ -12,14 +12,29 @@ coordinates before either side is put on the grid. Two kinds:
   Gaussian drawn from ``torch.Generator().manual_seed(seed)``, with the sign of each column
   flipped so that diag(R_qr) > 0 (this makes Q unique, i.e. Haar-distributed).
 
-Both are returned as float32 and applied as dense matmuls (the reference; a fast
-transform would be an optional equivalent). Checked against scipy.linalg.hadamard.
-Legend: n = K the dimension rotated.
+``hadamard`` and ``random_orthogonal`` return the dense float32 matrices: the reference
+the tests compare against (checked against scipy.linalg.hadamard). What a quantized linear
+holds is a ``RotationSpec`` (kind, dimension, seed): a small frozen description that applies
+R without ever building a dense K × K Hadamard. Hadamard is block-diagonal with blocks
+H_m (m the largest power of two dividing K), so
+
+    x R = reshape((x reshaped to (…, K/m, m)) @ H_m, (…, K)),
+
+one (T·K/m, m) × (m, m) matmul; ``random`` is one dense (T, K) × (K, K) matmul (m = K).
+``RotationSpec.apply`` is the one function that rotates activations (x R) and weights
+(W R, the rows of W are rotated like tokens) everywhere: calibration Hessians, QuantLinear's
+construction and its forward, so calibration and inference see the same numbers. It agrees
+with the dense ``x @ rotation(K)`` to float32 rounding (the summation order differs when
+K/m > 1: a block's zeros are skipped); tests/test_quant_rotation.py checks a derived bound.
+
+Legend: n = K the dimension rotated, m the block size, T tokens.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -74,3 +89,84 @@ def rotation(n: int, kind: RotationKind = "hadamard", seed: int = 0) -> Tensor:
     if kind == "random":
         return random_orthogonal(n, seed)
     raise ValueError(f"kind must be 'hadamard' or 'random', got {kind!r}")
+
+
+# --- the spec a quantized linear holds --------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=64)
+def _block_matrix(kind: str, block: int, seed: int, device: torch.device) -> Tensor:
+    """The (m, m) float32 block of R on ``device``, built once per (kind, m, seed, device).
+
+    Shared by every linear of that size: callers must treat it as read-only."""
+    R_m = hadamard(block) if kind == "hadamard" else random_orthogonal(block, seed)  # (m, m)
+    return R_m.to(device)
+
+
+@dataclass(frozen=True)
+class RotationSpec:
+    """The rotation R of one linear's K inputs (SPEC §1, "Rotation"), as data.
+
+    An *input transform* of ``fairref.quant.linear.QuantLinear``: ``apply(x)`` maps
+    (…, K) → (…, K) as x R, ``apply_weight(W)`` gives W R (so x Wᵀ = (x R)(W R)ᵀ), and
+    ``to_dict()`` is its JSON-able description for checkpoints (SPEC §7: kind, block, seed).
+    """
+
+    kind: RotationKind  # "hadamard" (block-diagonal Sylvester) or "random" (seeded Haar)
+    dim: int  # K, the number of inputs rotated
+    seed: int = 0  # the Gaussian's seed; used by kind="random" only
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("hadamard", "random"):
+            raise ValueError(f"RotationSpec.kind must be 'hadamard' or 'random', got {self.kind!r}")
+        if isinstance(self.dim, bool) or not isinstance(self.dim, int) or self.dim < 1:
+            raise ValueError(f"RotationSpec.dim must be a positive integer (K), got {self.dim!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"RotationSpec.seed must be an integer, got {self.seed!r}")
+
+    @property
+    def block(self) -> int:
+        """m: the size of R's diagonal blocks (largest power of two dividing K, or K)."""
+        return largest_pow2_divisor(self.dim) if self.kind == "hadamard" else self.dim
+
+    @property
+    def in_features(self) -> int:
+        """K, the size of the last axis ``apply`` accepts."""
+        return self.dim
+
+    def matrix(self) -> Tensor:
+        """The dense R (K, K), float32: for tests and inspection only, never the hot path."""
+        return rotation(self.dim, self.kind, self.seed)
+
+    def apply(self, x: Tensor) -> Tensor:
+        """x R for x (…, K), float32 (x is cast first), block by block (module docstring)."""
+        if x.shape[-1] != self.dim:
+            raise ValueError(f"RotationSpec.apply: x must end in K={self.dim} features, got "
+                             f"shape {tuple(x.shape)}")
+        m = self.block
+        R_m = _block_matrix(self.kind, m, self.seed if self.kind == "random" else 0, x.device)
+        xb = x.to(torch.float32).reshape(-1, m)  # (T·K/m, m): one row per block of a token
+        return (xb @ R_m).reshape(x.shape)  # (…, K)
+
+    def apply_weight(self, W: Tensor) -> Tensor:
+        """W R for W (N, K): each output channel's row is rotated like a token."""
+        return self.apply(W)
+
+    def to_dict(self) -> dict:
+        """JSON-able description (SPEC §7); ``from_dict`` inverts it."""
+        return {"type": "rotation", "kind": self.kind, "dim": self.dim, "block": self.block,
+                "seed": self.seed}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RotationSpec":
+        """The spec described by ``to_dict()``; ``ValueError`` naming a bad or missing key."""
+        if not isinstance(d, dict) or d.get("type") != "rotation":
+            raise ValueError(f"a rotation description needs type='rotation', got {d!r}")
+        missing = [k for k in ("kind", "dim", "seed") if k not in d]
+        if missing:
+            raise ValueError(f"rotation description {d!r} lacks key(s) {missing}")
+        spec = cls(kind=d["kind"], dim=d["dim"], seed=d["seed"])
+        if "block" in d and d["block"] != spec.block:
+            raise ValueError(f"rotation description: block={d['block']!r} does not match "
+                             f"kind={spec.kind!r}, dim={spec.dim} (expected {spec.block})")
+        return spec
