@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from fairref.quant.rotation import (
     RotationSpec,
     hadamard,
+    hadamard_factors,
     largest_pow2_divisor,
     random_orthogonal,
     rotation,
@@ -118,7 +119,7 @@ def rotation_inputs(draw):
     """(spec, x): K with K/m ∈ {1, 3, 5, …} blocks, x with an outlier feature, a zero token
     and a wide dynamic range, so cancellations inside a block are common."""
     kind = draw(st.sampled_from(["hadamard", "random"]))
-    K = draw(st.sampled_from([1, 2, 8, 12, 48, 64, 96, 160, 192, 768]))
+    K = draw(st.sampled_from([1, 2, 8, 12, 48, 64, 96, 128, 160, 192, 384, 512, 768, 2048]))
     if kind == "random":
         K = min(K, 96)  # a dense QR per example: keep it small
     T = draw(st.integers(1, 9))
@@ -131,17 +132,21 @@ def rotation_inputs(draw):
 
 
 @given(rotation_inputs())
-def test_blockwise_rotation_within_gamma_m_of_exact_and_of_dense_reference(case):
-    """RotationSpec.apply (T·K/m × m by m × m) against the dense reference x @ rotation(K).
+def test_blockwise_rotation_within_gamma_n_of_exact_and_of_dense_reference(case):
+    """RotationSpec.apply (block-wise, factored for m ≥ 128) against the dense reference
+    x @ rotation(K).
 
     Derivation: (x R)_j = Σ_k x_k R_kj. Any float32 summation of n products (any order, with
     or without FMA, as BLAS may choose) is within γ_n·Σ_k |x_k R_kj| of the exact sum
-    (Higham, Accuracy and Stability, §3.1). The block-wise product sums the m nonzero terms
-    of column j: error ≤ γ_m·(|x| |R|)_j; the dense product sums K terms (the zeros add
-    nothing): error ≤ γ_K·(|x| |R|)_j. So |blockwise − exact| ≤ γ_m·(|x| |R|)_j and
-    |blockwise − dense| ≤ (γ_m + γ_K)·(|x| |R|)_j. The float32 R is the exact matrix used
-    by both sides, so R's own rounding does not enter; "exact" is float64 of the float32
-    operands (|x| |R| in float64 carries ≤ K·2⁻⁵³ relative error, far below the slack).
+    (Higham, Accuracy and Stability, §3.1). One m × m block matmul sums the m nonzero terms
+    of column j: error ≤ γ_m·(|x| |R|)_j. The factored block (S_a ⊗ c·S_b, entries ±c
+    exactly, as the reference's) rounds each product once, sums b of them, then adds a
+    partial sums with exact ±1 weights: γ_{a+b−1} (rotation.py's docstring). That n is
+    ``rounding_terms``. The dense product sums K terms (zeros add nothing): γ_K. So
+    |apply − exact| ≤ γ_n·(|x| |R|)_j and |apply − dense| ≤ (γ_n + γ_K)·(|x| |R|)_j. The
+    float32 R is the exact matrix of both sides, so R's own rounding does not enter;
+    "exact" is float64 of the float32 operands (|x| |R| in float64 carries ≤ K·2⁻⁵³ relative
+    error, far below the slack).
     """
     spec, x = case
     R = rotation(spec.dim, spec.kind, spec.seed)  # dense (K, K) reference
@@ -149,10 +154,11 @@ def test_blockwise_rotation_within_gamma_m_of_exact_and_of_dense_reference(case)
     xr = spec.apply(x).double()
     exact = x.double() @ R.double()
     scale = x.double().abs() @ R.double().abs()  # (T, K)
-    m, K = spec.block, spec.dim
+    m, K, n = spec.block, spec.dim, spec.rounding_terms
     assert m == (largest_pow2_divisor(K) if spec.kind == "hadamard" else K)
-    assert ((xr - exact).abs() <= gamma(m) * scale).all()
-    assert ((xr - (x @ R).double()).abs() <= (gamma(m) + gamma(K)) * scale).all()
+    assert 1 <= n <= m  # never looser than one m × m matmul
+    assert ((xr - exact).abs() <= gamma(n) * scale).all()
+    assert ((xr - (x @ R).double()).abs() <= (gamma(n) + gamma(K)) * scale).all()
 
 
 def test_blockwise_rotation_is_one_matmul_per_block_bit_for_bit():
@@ -167,15 +173,42 @@ def test_blockwise_rotation_is_one_matmul_per_block_bit_for_bit():
     torch.testing.assert_close(spec.apply_weight(x[0]), want[0], rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("m", [2, 4, 8, 16, 32, 64, 128, 256, 512])
+def test_sylvester_hadamard_is_the_kronecker_product_of_its_factors(m):
+    """H_m = H_a ⊗ H_b exactly for the factors the fast block uses (±1 entries, so the
+    check is exact), which is what makes x H_m = vec(H_aᵀ X H_b) (SPEC §1's R)."""
+    a, b = hadamard_factors(m)
+    S = scipy.linalg.hadamard(m)
+    assert a * b == m and b in (a, 2 * a)
+    np.testing.assert_array_equal(np.kron(scipy.linalg.hadamard(a), scipy.linalg.hadamard(b)), S)
+
+
+def test_factored_block_sums_exactly_representable_inputs_exactly():
+    """On small integers every partial sum is exact in float32 and c = 1/16 (m = 256) is a
+    power of two, so the factored x R equals the float64 product bit for bit: a wrong
+    factor order, a transposed factor or a wrong scale cannot hide in rounding."""
+    g = torch.Generator().manual_seed(3)
+    spec = RotationSpec("hadamard", 768)  # m = 256 = 16 · 16, three blocks
+    assert spec.rounding_terms < spec.block  # the factored path
+    x = torch.randint(-50, 51, (7, 768), generator=g).to(torch.float32)
+    exact = (x.double() @ hadamard(768).double()).to(torch.float32)
+    torch.testing.assert_close(spec.apply(x), exact, rtol=0, atol=0)
+
+
 def test_hadamard_spec_never_builds_the_dense_K_by_K(monkeypatch):
-    """For K = 3·2^10 only the 1024-block is ever built, never the 3072-wide matrix."""
+    """For K = 3·2^10 (m = 1024) only the two 32 × 32 factors of the block are ever built,
+    never the 3072- or even the 1024-wide matrix; K = 96 builds just its 32-block."""
     sizes = []
-    real = rotation_module.hadamard
-    monkeypatch.setattr(rotation_module, "hadamard", lambda n: sizes.append(n) or real(n))
+    real_h, real_s = rotation_module.hadamard, rotation_module._sylvester
+    monkeypatch.setattr(rotation_module, "hadamard", lambda n: sizes.append(n) or real_h(n))
+    monkeypatch.setattr(rotation_module, "_sylvester", lambda n: sizes.append(n) or real_s(n))
+    for K in (3072, 96):
+        rotation_module._block_matrix.cache_clear()
+        rotation_module._hadamard_factors.cache_clear()
+        RotationSpec("hadamard", K).apply(torch.ones(2, K))
     rotation_module._block_matrix.cache_clear()
-    RotationSpec("hadamard", 3072).apply(torch.ones(2, 3072))
-    rotation_module._block_matrix.cache_clear()
-    assert sizes == [1024]
+    rotation_module._hadamard_factors.cache_clear()
+    assert sizes and max(sizes) == 32
 
 
 def test_rotation_spec_rejects_bad_fields_and_inputs():

@@ -271,13 +271,15 @@ def fake_quantize(x: Tensor, spec: QuantSpec, clip: Tensor | float | None = None
     scale, zero = _qparams(x, spec, clip, name)  # raises unless x is finite
     xg = _grouped(x, spec)  # (..., m): the m elements sharing one scale
     s = _per_unit(scale, spec)  # broadcasts against xg
-    q = torch.round(xg / s)  # true division, round half to even
+    # One fresh tensor, then in-place steps: on CPU a new large tensor per step costs more
+    # (page faults) than the arithmetic. Same operations, same order as the pair.
+    q = torch.div(xg, s).round_()  # true division, round half to even
     if spec.symmetric:
-        q = q.clamp_(spec.qmin, spec.qmax)
+        q.clamp_(spec.qmin, spec.qmax)
     else:
         z = _per_unit(zero, spec).to(torch.float32)
-        q = (q + z).clamp_(spec.qmin, spec.qmax) - z  # q_u − z, exact in float32
-    return (q * s).reshape(x.shape)
+        q.add_(z).clamp_(spec.qmin, spec.qmax).sub_(z)  # q_u − z, exact in float32
+    return q.mul_(s).reshape(x.shape)  # (q [− z]) · s
 
 
 def _per_unit(p: Tensor, spec: QuantSpec) -> Tensor:
