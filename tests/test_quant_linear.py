@@ -281,3 +281,28 @@ def test_bad_transforms_are_named():
     with pytest.raises(ValueError, match="block=4 does not match"):
         transform_from_dict({"type": "rotation", "kind": "hadamard", "dim": 24, "block": 4,
                              "seed": 0})
+
+
+@pytest.mark.parametrize("transform", [None, RotationSpec("hadamard", 16), RotationSpec("random", 16)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_forward_never_writes_into_its_input(transform, dtype):
+    """The fake path quantizes T(x) in place only when T(x) is a tensor of its own: the
+    caller's x is left untouched, whatever the transform and dtype."""
+    ql = QuantLinear.from_linear(nn.Linear(16, 4), QuantSpec(), QuantSpec(granularity="token"),
+                                 transform=transform)
+    x = torch.randn(3, 16).to(dtype)
+    before = x.clone()
+    ql(x)
+    assert torch.equal(x, before)
+
+
+def test_inplace_fake_quantize_writes_the_same_values_into_x():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(4, 12, generator=g)
+    for spec in (QuantSpec(bits=4, granularity="token"),
+                 QuantSpec(bits=3, symmetric=False, granularity="group", group_size=4)):
+        want = fake_quantize(x, spec)
+        y = x.clone()
+        out = fake_quantize(y, spec, inplace=True)
+        assert out.data_ptr() == y.data_ptr()
+        torch.testing.assert_close(y, want, rtol=0, atol=0)

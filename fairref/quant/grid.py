@@ -258,13 +258,15 @@ def dequantize(q: Tensor, scale: Tensor, zero: Tensor | None, spec: QuantSpec) -
 
 
 def fake_quantize(x: Tensor, spec: QuantSpec, clip: Tensor | float | None = None,
-                  name: str = "x") -> Tensor:
+                  name: str = "x", inplace: bool = False) -> Tensor:
     """dequantize(quantize(x)): the value the quantized model computes with, float32.
 
     Bit for bit the pair's result, computed without the int32 round trip: the grid values
     are small integers, exact in float32, so (q [− z]) · s is the same product. The
     finiteness check runs on the scale reductions (``_check_finite_stats``), not on x: this
-    is the activation hot path of every quantized forward.
+    is the activation hot path of every quantized forward. ``inplace=True`` writes the
+    result into x itself when x is float32 (a fresh tensor the caller owns, such as a
+    rotation's output; not one autograd needs), sparing one allocation: same values.
     """
     x = _to_float32(x, name)
     _check_shape(x, spec, name)
@@ -273,7 +275,7 @@ def fake_quantize(x: Tensor, spec: QuantSpec, clip: Tensor | float | None = None
     s = _per_unit(scale, spec)  # broadcasts against xg
     # One fresh tensor, then in-place steps: on CPU a new large tensor per step costs more
     # (page faults) than the arithmetic. Same operations, same order as the pair.
-    q = torch.div(xg, s).round_()  # true division, round half to even
+    q = (xg.div_(s) if inplace else torch.div(xg, s)).round_()  # true division, half to even
     if spec.symmetric:
         q.clamp_(spec.qmin, spec.qmax)
     else:

@@ -21,7 +21,8 @@ scales, so a reload gives the same Ŵ bit for bit.
 **The input-transform slot.** ``transform`` (None = identity) is any object with
 
 - ``in_features`` (K) and ``apply(x)``: (…, K) → (…, K), float32 — the activation side,
-  applied in every forward before activation quantization;
+  applied in every forward before activation quantization. It returns a new tensor, never
+  a view of x or of its own state: the forward quantizes that tensor in place;
 - ``apply_weight(W)``: (N, K) → (N, K) — the weight side, applied once when a float
   weight is quantized (``from_linear``, and by the calibration solvers before GPTQ);
 - ``to_dict()``: a JSON-able description with a ``"type"`` key, for checkpoints (SPEC §7).
@@ -194,7 +195,13 @@ class QuantLinear(nn.Module):
             raise ValueError(f"path must be 'fake' or 'int', got {path!r}")
         xr = self.transformed_input(x)  # (B..., K)
         if path == "fake":
-            xa = xr if self.a_spec is None else fake_quantize(xr, self.a_spec, name="x")
+            if self.a_spec is None:
+                return F.linear(xr, self.W_hat, self.bias).to(x.dtype)
+            # T(x) is a fresh tensor (the slot's contract): quantize it in place unless it
+            # shares x's memory or autograd needs it
+            own = (xr.untyped_storage().data_ptr() != x.untyped_storage().data_ptr()
+                   and not (torch.is_grad_enabled() and xr.requires_grad))
+            xa = fake_quantize(xr, self.a_spec, name="x", inplace=own)
             return F.linear(xa, self.W_hat, self.bias).to(x.dtype)
         return self._forward_int(xr).to(x.dtype)
 
