@@ -184,7 +184,9 @@ def _qparams(x: Tensor, spec: QuantSpec, clip: Tensor | float | None, name: str
     c = torch.as_tensor(spec.clip if clip is None else clip, dtype=torch.float32)
     xg = _grouped(x, spec)  # (..., m): the m elements on the last axis share one scale
     if spec.symmetric:
-        amax = xg.abs().amax(dim=-1)  # (...,): NaN/Inf in a unit shows up here
+        # max|x| = max(max x, −min x) exactly: two reductions, no |x| tensor to allocate;
+        # NaN/Inf in a unit shows up here (both reductions and maximum propagate them)
+        amax = torch.maximum(xg.amax(dim=-1), xg.amin(dim=-1).neg())  # (...,)
         _check_finite_stats((amax,), x, name)
         amax = _shape_params(amax, x, spec)  # scale's shape
         s = (c * amax) / torch.tensor(spec.scale_divisor, dtype=torch.float32)
