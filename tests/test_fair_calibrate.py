@@ -14,7 +14,7 @@ import torch
 
 from fairref.fair import CalibConfig, quantize_model
 from fairref.models import random_model
-from fairref.quant import fake_quantize, gptq_quantize, hessian, quantize_linears, rotation
+from fairref.quant import RotationSpec, fake_quantize, gptq_quantize, hessian, quantize_linears
 from tiny import tiny_config
 
 V = 24
@@ -55,10 +55,11 @@ def test_first_linear_is_weighted_gptq_on_its_quantized_path_input(arch):
     with torch.no_grad():
         xin = norm(model.embed(x))  # (B, L, d): what q_proj reads in block 0
     lin = block.get_submodule(name)
-    R = rotation(lin.in_features, "hadamard")
+    R = RotationSpec("hadamard", lin.in_features)  # x R, W R as QuantLinear computes them
     cfg = CalibConfig()
-    xa = fake_quantize(xin.reshape(-1, lin.in_features) @ R, cfg.a_spec)
-    expect = gptq_quantize(lin.weight.detach() @ R, hessian(xa, w.reshape(-1)), cfg.w_spec)
+    xa = fake_quantize(R.apply(xin.reshape(-1, lin.in_features)), cfg.a_spec)
+    expect = gptq_quantize(R.apply_weight(lin.weight.detach()), hessian(xa, w.reshape(-1)),
+                           cfg.w_spec)
     quantize_model(model, x, weights=w, config=cfg)
     assert torch.equal(block.get_submodule(name).q_w, expect.q)
 
@@ -84,11 +85,11 @@ def test_later_groups_see_the_already_quantized_group(arch):
         return seen["x"]
 
     W = fp.blocks[0].get_submodule(oname).weight.detach()
-    R = rotation(W.shape[1], "hadamard")
+    R = RotationSpec("hadamard", W.shape[1])
 
     def solve(xin):
-        xa = fake_quantize(xin.reshape(-1, W.shape[1]) @ R, cfg.a_spec)
-        return gptq_quantize(W @ R, hessian(xa), cfg.w_spec).q
+        xa = fake_quantize(R.apply(xin.reshape(-1, W.shape[1])), cfg.a_spec)
+        return gptq_quantize(R.apply_weight(W), hessian(xa), cfg.w_spec).q
 
     q_model = model.blocks[0].get_submodule(oname).q_w
     assert torch.equal(q_model, solve(o_input(model)))

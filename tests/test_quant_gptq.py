@@ -122,8 +122,9 @@ def test_float32_solver_agrees_with_oracle_except_after_near_ties(spec, kw, okw,
     pre-rounding value z = w̃/s moves by at most η = 4·K·u·κ·max|z| grid steps (u = 2^-24).
     q can then differ only where the oracle's z is within η of a rounding midpoint; after
     that first difference the whole rest of the row legitimately follows another path. We
-    require (1) every row's first difference to be at such a near-tie, (2) ≥ 99% agreement
-    (the expected disagreement is ≈ 2·(actual drift ~1e-6)·K/2 per element ≈ 1e-4)."""
+    require every row's first difference to be at such a near-tie. (No threshold on how
+    many entries differ: that count is set by float32 summation order, which the CPU's
+    vector width and the thread count change, so its verdict could move between machines.)"""
     W, X, w = weighted_problem(seed, N=48, K=64, T=512)
     H = hessian(X, w).to(torch.float32).to(F64)  # float32-representable: both see the same H
     r = gptq_quantize(W, H, spec, **kw)
@@ -136,7 +137,6 @@ def test_float32_solver_agrees_with_oracle_except_after_near_ties(spec, kw, okw,
     for row in np.nonzero(differ.any(1))[0]:
         first = int(np.argmax(differ[row]))
         assert abs(abs(z[row, first] - np.floor(z[row, first])) - 0.5) <= eta
-    assert differ.mean() <= 0.01
 
 
 @pytest.mark.parametrize("spec, kw", SOLVER_CONFIGS)

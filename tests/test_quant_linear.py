@@ -1,11 +1,15 @@
-"""QuantLinear (fairref/quant/linear.py): its two paths and the SPEC §1 bound between them.
+"""QuantLinear (fairref/quant/linear.py): its two paths, the SPEC §1 bound between them, the
+cached Ŵ, and the input-transform slot.
 
 Legend: T tokens, K in_features, N out_features, g group size, G = K/g.
 """
 
+import json
+
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -13,8 +17,8 @@ from torch import nn
 
 from fairref.quant.grid import QuantSpec, dequantize, fake_quantize, quantize
 from fairref.quant.int4 import int4_matmul
-from fairref.quant.linear import QuantLinear, quantize_linears
-from fairref.quant.rotation import rotation
+from fairref.quant.linear import QuantLinear, quantize_linears, transform_from_dict
+from fairref.quant.rotation import RotationSpec
 
 U = 2.0**-24
 
@@ -107,16 +111,85 @@ def test_int_path_equals_int4_matmul_on_same_operands_bit_for_bit(case, with_bia
     assert torch.equal(ql(x, path="int").view(torch.int32), ref.view(torch.int32))
 
 
-@given(layer_case(grouped=False), st.sampled_from(["hadamard", "random"]))
-def test_rotated_layer_quantizes_x_R_and_W_R(case, kind):
-    """Fake path with R is F.linear(fake_quant_a(x R), dequant(Q_w(W R))) computed by hand."""
+@given(st.one_of(layer_case(grouped=False), layer_case(grouped=True)),
+       st.sampled_from(["hadamard", "random"]), st.booleans())
+def test_rotated_layer_is_fake_quant_of_x_R_times_dequant_of_W_R_bit_for_bit(case, kind, with_bias):
+    """The fake path with a rotation is F.linear(fake_quant_a(x R), dequant(Q_w(W R)), b),
+    rebuilt here from the same primitives (one RotationSpec.apply for x R and W R): the
+    computation is pinned, so rtol = atol = 0."""
     lin, x, w_spec, a_spec = case
     K = lin.in_features
-    R = rotation(K, kind, seed=3)
-    ql = QuantLinear.from_linear(lin, w_spec, a_spec, rotation=R)
-    q, s, z = quantize(lin.weight.detach() @ R, w_spec)
-    ref = torch.nn.functional.linear(fake_quantize(x @ R, a_spec), dequantize(q, s, z, w_spec))
-    assert torch.equal(ql.q_w, q) and torch.equal(ql(x), ref)
+    if with_bias:
+        lin.bias = torch.nn.Parameter(torch.linspace(-3, 3, lin.out_features))
+    R = RotationSpec(kind, K, seed=3)
+    ql = QuantLinear.from_linear(lin, w_spec, a_spec, transform=R)
+    q, s, z = quantize(R.apply(lin.weight.detach()), w_spec)
+    W_hat = dequantize(q, s, z, w_spec)
+    ref = F.linear(fake_quantize(R.apply(x), a_spec), W_hat, lin.bias)
+    assert torch.equal(ql.q_w, q)
+    torch.testing.assert_close(ql.W_hat, W_hat, rtol=0, atol=0)
+    torch.testing.assert_close(ql(x), ref.detach(), rtol=0, atol=0)
+
+
+@given(st.one_of(layer_case(grouped=False), layer_case(grouped=True)), st.booleans())
+def test_cached_W_hat_is_dequantize_of_q_w_and_follows_every_write(case, asym):
+    """Ŵ is cached, never stale: equal bit for bit to dequantize(q_w) after construction,
+    after an in-place write to q_w or s_w, after load_state_dict, and after replacing a
+    buffer; the state dict holds only the integers, scales, zero points and bias."""
+    lin, _, w_spec, a_spec = case
+    w_spec = QuantSpec(bits=w_spec.bits, symmetric=not asym, granularity=w_spec.granularity,
+                       group_size=w_spec.group_size)
+    ql = QuantLinear.from_linear(lin, w_spec, a_spec)
+
+    def fresh():
+        z = None if w_spec.symmetric else ql.z_w
+        return dequantize(ql.q_w, ql.s_w, z, w_spec)
+
+    torch.testing.assert_close(ql.W_hat, fresh(), rtol=0, atol=0)
+    assert set(ql.state_dict()) == {"q_w", "s_w", "z_w"}
+    other = QuantLinear.from_linear(nn.Linear(lin.in_features, lin.out_features, bias=False),
+                                    w_spec, a_spec)
+    ql.load_state_dict(other.state_dict())  # in-place copies into the buffers
+    torch.testing.assert_close(ql.W_hat, other.W_hat, rtol=0, atol=0)
+    with torch.no_grad():
+        ql.s_w.mul_(2.0)  # in place: the version counter moves
+    torch.testing.assert_close(ql.W_hat, fresh(), rtol=0, atol=0)
+    ql.q_w = torch.full_like(ql.q_w, w_spec.qmax)  # a new tensor in the buffer slot
+    torch.testing.assert_close(ql.W_hat, fresh(), rtol=0, atol=0)
+
+
+def test_fake_quantize_hot_path_equals_dequantize_of_quantize_bit_for_bit():
+    """fake_quantize skips the int32 round trip and checks finiteness on the scale
+    reductions; its values must still be dequantize(quantize(x)) exactly, on every
+    granularity and both symmetries, with ties at .5, a zero group and an outlier."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 3, 24, generator=g)
+    x[0, 0] = (torch.arange(24) - 11.5) * 0.25  # .5 ties once s = 0.25 …
+    x[0, 0, 0] = 7 * 0.25  # … which this amax pins at 4 bits
+    x[1, :, :6] = 0.0  # zero groups
+    x[2, 1, 5] = 1e6  # an outlier
+    for sym in (True, False):
+        for gran, gs in (("token", None), ("group", 6), ("tensor", None)):
+            for bits in (2, 4, 8):
+                spec = QuantSpec(bits=bits, symmetric=sym, granularity=gran, group_size=gs,
+                                 clip=0.9 if bits == 8 else 1.0)
+                q, s, z = quantize(x, spec)
+                want = dequantize(q, s, z, spec)
+                torch.testing.assert_close(fake_quantize(x, spec), want, rtol=0, atol=0)
+    W = x[:, 0]  # (5, 24): per output channel
+    q, s, z = quantize(W, QuantSpec(bits=4))
+    torch.testing.assert_close(fake_quantize(W, QuantSpec(bits=4)),
+                               dequantize(q, s, z, QuantSpec(bits=4)), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("sym", [True, False])
+def test_fake_quantize_names_a_non_finite_input(bad, sym):
+    """The finiteness check on the reductions still catches one bad entry in any unit."""
+    x = torch.ones(4, 8)
+    x[2, 5] = bad
+    with pytest.raises(ValueError, match="acts contains 1 non-finite"):
+        fake_quantize(x, QuantSpec(symmetric=sym, granularity="token"), name="acts")
 
 
 def test_hadamard_rotation_lowers_w4a4_error_with_an_outlier_feature():
@@ -131,7 +204,8 @@ def test_hadamard_rotation_lowers_w4a4_error_with_an_outlier_feature():
     y = lin(x).detach()
     w4, a4 = QuantSpec(bits=4), QuantSpec(bits=4, granularity="token")
     err_plain = (QuantLinear.from_linear(lin, w4, a4)(x) - y).square().mean()
-    err_rot = (QuantLinear.from_linear(lin, w4, a4, rotation=rotation(64))(x) - y).square().mean()
+    R = RotationSpec("hadamard", 64)
+    err_rot = (QuantLinear.from_linear(lin, w4, a4, transform=R)(x) - y).square().mean()
     assert err_rot < err_plain
 
 
@@ -159,7 +233,7 @@ def test_quantize_linears_replaces_only_named_linears():
     before = m[2][1]
     quantize_linears(m, ["0", "2.0"], QuantSpec(), QuantSpec(granularity="token"), "hadamard")
     assert isinstance(m[0], QuantLinear) and isinstance(m[2][0], QuantLinear)
-    assert m[2][1] is before and m[0].R is not None
+    assert m[2][1] is before and m[0].transform == RotationSpec("hadamard", 8)
     assert m(torch.randn(2, 8)).shape == (2, 4)
 
 
@@ -179,3 +253,56 @@ def test_unknown_path_raises():
     ql = QuantLinear.from_linear(nn.Linear(4, 2), QuantSpec(), QuantSpec(granularity="token"))
     with pytest.raises(ValueError, match="path must be 'fake' or 'int'"):
         ql(torch.randn(1, 4), path="fast")
+
+
+def test_transform_description_round_trips_through_json():
+    """A checkpoint stores the transform's to_dict(); rebuilding it gives the same spec and
+    hence the same forward, bit for bit."""
+    lin = nn.Linear(24, 5)
+    R = RotationSpec("random", 24, seed=7)
+    ql = QuantLinear.from_linear(lin, QuantSpec(), QuantSpec(granularity="token"), transform=R)
+    d = json.loads(json.dumps(ql.transform.to_dict()))
+    assert d == {"type": "rotation", "kind": "random", "dim": 24, "block": 24, "seed": 7}
+    R2 = transform_from_dict(d)
+    assert R2 == R
+    ql2 = QuantLinear.from_quantized(ql.q_w, ql.s_w, None, ql.w_spec, ql.a_spec, lin.bias, R2)
+    x = torch.randn(3, 24)
+    assert torch.equal(ql(x), ql2(x))
+
+
+def test_bad_transforms_are_named():
+    lin = nn.Linear(8, 4)
+    with pytest.raises(ValueError, match="not a dense matrix"):
+        QuantLinear.from_linear(lin, QuantSpec(), None, transform=torch.eye(8))
+    with pytest.raises(ValueError, match="acts on 16 features, the linear has K=8"):
+        QuantLinear.from_linear(lin, QuantSpec(), None, transform=RotationSpec("hadamard", 16))
+    with pytest.raises(ValueError, match="unknown input transform type 'flat'"):
+        transform_from_dict({"type": "flat"})
+    with pytest.raises(ValueError, match="block=4 does not match"):
+        transform_from_dict({"type": "rotation", "kind": "hadamard", "dim": 24, "block": 4,
+                             "seed": 0})
+
+
+@pytest.mark.parametrize("transform", [None, RotationSpec("hadamard", 16), RotationSpec("random", 16)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_forward_never_writes_into_its_input(transform, dtype):
+    """The fake path quantizes T(x) in place only when T(x) is a tensor of its own: the
+    caller's x is left untouched, whatever the transform and dtype."""
+    ql = QuantLinear.from_linear(nn.Linear(16, 4), QuantSpec(), QuantSpec(granularity="token"),
+                                 transform=transform)
+    x = torch.randn(3, 16).to(dtype)
+    before = x.clone()
+    ql(x)
+    assert torch.equal(x, before)
+
+
+def test_inplace_fake_quantize_writes_the_same_values_into_x():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(4, 12, generator=g)
+    for spec in (QuantSpec(bits=4, granularity="token"),
+                 QuantSpec(bits=3, symmetric=False, granularity="group", group_size=4)):
+        want = fake_quantize(x, spec)
+        y = x.clone()
+        out = fake_quantize(y, spec, inplace=True)
+        assert out.data_ptr() == y.data_ptr()
+        torch.testing.assert_close(y, want, rtol=0, atol=0)

@@ -13,13 +13,10 @@ problems with the default sampler (``fairref.toy.evaluate.TOY_SAMPLER``):
    confidence below ``CONF_SURE`` (a small gap between near-certain candidates, such as EOS
    padding, is a tie that cannot change the answer);
 3. accuracy after round-to-nearest quantization at W8A8, W4A8 and W4A4 (SPEC §1): every
-   linear inside the blocks replaced by a fake-quant RTN linear with a normalized Sylvester
-   (block-)Hadamard rotation R (x R, W R), weights per output channel symmetric
-   ("restricted" scale), activations per token dynamic symmetric; embeddings, norms and the
-   head stay in float32. ``RTNLinear`` below is the fake path of the library's
-   ``QuantLinear`` with Ŵ precomputed and R applied blockwise (a test checks the two agree);
-   the library module itself is ~3x slower here, too slow for 24 × 2000 generations on a
-   shared 2-core CPU.
+   linear inside the blocks replaced by the library's ``QuantLinear`` (fake path, RTN,
+   ``quantize_linears``) with a normalized Sylvester (block-)Hadamard rotation R (x R,
+   W R), weights per output channel symmetric ("restricted" scale), activations per token
+   dynamic symmetric; embeddings, norms and the head stay in float32.
 
 The regime wanted: W8A8 within ~2 points of full precision, W4A4 at least ~10 points below.
 
@@ -31,24 +28,19 @@ Writes ``report_<arch>.json`` after every (task, scheme), then ``report.json`` a
 
 from __future__ import annotations
 
-from pathlib import Path
-
-
 import argparse
 import copy
 import json
 import time
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
 
 from fairref.models import load
-from fairref.quant.grid import QuantSpec, fake_quantize
-from fairref.quant.linear import QuantLinear
-from fairref.quant.rotation import hadamard, largest_pow2_divisor
+from fairref.quant.grid import QuantSpec
+from fairref.quant.linear import quantize_linears
 from fairref.toy import TOY_MODELS, checkpoint_dir
 from fairref.diffusion import SamplerSettings
 from fairref.toy.evaluate import TOY_SAMPLER, FrontierStats, run_task
@@ -69,60 +61,16 @@ CONF_SURE = 0.9
 HELDOUT_SEED = 2026
 
 
-def fake_quant_tokens(x: Tensor, bits: int) -> Tensor:
-    """Per-token symmetric fake quantization of x (..., K), SPEC §1 "restricted" scale with
-    clip 1: s = amax / qmax (s = 1 where amax = 0), x̂ = clamp(round(x / s)) · s. The same
-    float32 operations in the same order as ``fairref.quant.grid.fake_quantize`` (tested
-    bit-exact), minus its finiteness checks, which cost half its time."""
-    qmax, qmin = 2 ** (bits - 1) - 1, -(2 ** (bits - 1))
-    s = x.abs().amax(dim=-1, keepdim=True) / qmax  # (..., 1)
-    s = torch.where(s == 0, torch.ones_like(s), s)  # all-zero token: s = 1, q = 0
-    return torch.round(x / s).clamp_(qmin, qmax).mul_(s)  # (..., K)
-
-
-class RTNLinear(nn.Module):
-    """Fake-quant RTN linear, numerically the fake path of ``fairref.quant.linear.QuantLinear``
-    (SPEC §1) but faster for evaluation: Ŵ = dequant(quant(W R)) is computed once at
-    construction, and the block-diagonal Hadamard R = diag(H_m, …, H_m) is applied to
-    x as a batched (K/m)·(m×m) product instead of a dense K×K matmul. Equality with
-    QuantLinear to float32 rounding is tested in tests/test_toy_models.py."""
-
-    def __init__(self, linear: nn.Linear, w_spec: QuantSpec, a_spec: QuantSpec) -> None:
-        super().__init__()
-        K = linear.in_features
-        self.m = largest_pow2_divisor(K)  # Hadamard block size
-        self.register_buffer("H", hadamard(self.m))  # (m, m), normalized Sylvester
-        W = linear.weight.detach().to(torch.float32)  # (N, K)
-        WR = (W.view(-1, K // self.m, self.m) @ self.H).reshape(W.shape)  # (N, K): W R
-        self.register_buffer("W_hat", fake_quantize(WR, w_spec, name="linear.weight"))
-        self.bias = None if linear.bias is None else linear.bias.detach().to(torch.float32)
-        self.a_bits = a_spec.bits
-
-    def forward(self, x: Tensor) -> Tensor:
-        lead, K = x.shape[:-1], x.shape[-1]
-        xr = (x.to(torch.float32).reshape(-1, K // self.m, self.m) @ self.H).reshape(*lead, K)
-        xa = fake_quant_tokens(xr, self.a_bits)  # (..., K) per-token dynamic
-        return F.linear(xa, self.W_hat, self.bias).to(x.dtype)
-
-
-def quantized_copy(model, w_bits: int, a_bits: int, fast: bool = True):
-    """A deep copy of ``model`` with every block linear replaced by RTN fake-quant
-    (Hadamard-rotated, per-channel symmetric weights, per-token activations; SPEC §1):
-    ``RTNLinear`` when ``fast``, else the library's ``QuantLinear.from_linear``."""
+def quantized_copy(model, w_bits: int, a_bits: int):
+    """A deep copy of ``model`` with every block linear replaced by an RTN fake-quant
+    ``QuantLinear`` (Hadamard-rotated, per-channel symmetric weights, per-token activations;
+    SPEC §1), built by the library's ``quantize_linears``."""
     q_model = copy.deepcopy(model)
     w_spec = QuantSpec(bits=w_bits, granularity="channel")
     a_spec = QuantSpec(bits=a_bits, granularity="token")
-    names = [name for group in q_model.linear_groups() for name in group]
-    for block in q_model.blocks:
-        for name in names:
-            lin = block.get_submodule(name)
-            if fast:
-                ql = RTNLinear(lin, w_spec, a_spec)
-            else:
-                R = hadamard(lin.in_features)  # (K, K), block-diagonal when K is not 2^m
-                ql = QuantLinear.from_linear(lin, w_spec, a_spec, rotation=R)
-            parent, _, attr = name.rpartition(".")
-            setattr(block.get_submodule(parent) if parent else block, attr, ql)
+    names = [f"{l}.{name}" for l in range(len(q_model.blocks))
+             for group in q_model.linear_groups() for name in group]
+    quantize_linears(q_model.blocks, names, w_spec, a_spec, rotation_kind="hadamard")
     return q_model.eval()
 
 
@@ -189,7 +137,7 @@ def markdown(results: list[dict], cfg: SamplerSettings) -> str:
         f"Sampler: G = {cfg.gen_length}, {cfg.steps} steps, one block, temperature 0; LLaDA "
         f"`low_confidence`, Dream `{cfg.alg}`. Quantization: RTN, Hadamard rotation, "
         "weights per-channel symmetric, activations per-token dynamic, every linear in the "
-        "blocks (`RTNLinear`: the fake path of fairref.quant QuantLinear). Brackets: 95% "
+        "blocks (the fake path of fairref.quant QuantLinear). Brackets: 95% "
         "bootstrap interval over problems.",
         "",
         "| model | task | FP | W8A8 | W4A8 | W4A4 | commits with margin < 0.5 | "

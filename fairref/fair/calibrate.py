@@ -38,7 +38,7 @@ from fairref.quant.gptq import gptq_quantize
 from fairref.quant.grid import QuantSpec, fake_quantize
 from fairref.quant.hessian import HessianAccumulator
 from fairref.quant.linear import QuantLinear
-from fairref.quant.rotation import RotationKind, rotation as make_rotation
+from fairref.quant.rotation import RotationKind, RotationSpec
 
 
 @dataclass(frozen=True)
@@ -97,14 +97,15 @@ def _quantize_linear(lin: nn.Linear, x: Tensor | None, w: Tensor | None, cfg: Ca
                      ) -> tuple[QuantLinear, dict]:
     """One linear: RTN, or weighted GPTQ on its quantized-path inputs x (..., K)."""
     K = lin.in_features
-    R = None if cfg.rotation is None else make_rotation(K, cfg.rotation, cfg.rotation_seed)
+    # the same RotationSpec.apply rotates W here and x in the QuantLinear's forward
+    R = None if cfg.rotation is None else RotationSpec(cfg.rotation, K, cfg.rotation_seed)
     if cfg.solver == "rtn":
-        return QuantLinear.from_linear(lin, cfg.w_spec, cfg.a_spec, rotation=R), {}
+        return QuantLinear.from_linear(lin, cfg.w_spec, cfg.a_spec, transform=R), {}
     W = lin.weight.detach().to(torch.float32)  # (N, K)
     xr = x.to(torch.float32).reshape(-1, K)  # (T, K)
     if R is not None:
-        W = W @ R  # the weight in the rotated basis: x Wᵀ = (x R)(W R)ᵀ
-        xr = xr @ R
+        W = R.apply_weight(W)  # W R, the weight in the rotated basis: x Wᵀ = (x R)(W R)ᵀ
+        xr = R.apply(xr)  # x R, exactly what QuantLinear.transformed_input computes
     if cfg.a_spec is not None:
         xr = fake_quantize(xr, cfg.a_spec, name="layer input")  # what the QuantLinear sees
     H = HessianAccumulator(K).add(xr, None if w is None else w.reshape(-1)).H
@@ -112,7 +113,7 @@ def _quantize_linear(lin: nn.Linear, x: Tensor | None, w: Tensor | None, cfg: Ca
                         act_order=cfg.act_order)
     bias = None if lin.bias is None else lin.bias.detach()
     ql = QuantLinear.from_quantized(res.q, res.scale, res.zero, cfg.w_spec, cfg.a_spec,
-                                    bias=bias, rotation=R)
+                                    bias=bias, transform=R)
     return ql, {"damp": res.damp, "fell_back_to_rtn": res.fell_back_to_rtn}
 
 

@@ -20,8 +20,8 @@ from fairref.quant.int4 import (
     unpack_int4,
     unpack_int32_ct,
 )
-from fairref.quant.linear import QuantLinear, quantize_linears
-from fairref.quant.rotation import hadamard, random_orthogonal, rotation
+from fairref.quant.linear import InputTransform, QuantLinear, quantize_linears, transform_from_dict
+from fairref.quant.rotation import RotationSpec, hadamard, random_orthogonal, rotation
 
 __all__ = [
     "ACT_CLIP_GRID",
@@ -42,8 +42,11 @@ __all__ = [
     "pack_int32_ct",
     "unpack_int4",
     "unpack_int32_ct",
+    "InputTransform",
     "QuantLinear",
     "quantize_linears",
+    "transform_from_dict",
+    "RotationSpec",
     "hadamard",
     "random_orthogonal",
     "rotation",

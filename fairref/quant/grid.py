@@ -103,14 +103,31 @@ def check_finite(x: Tensor, name: str) -> None:
         )
 
 
-def _as_float32(x: Tensor, name: str) -> Tensor:
+def _to_float32(x: Tensor, name: str) -> Tensor:
+    """x cast to float32 after the type checks; finiteness is *not* checked here."""
     if not isinstance(x, Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
         raise ValueError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
-    x = x.to(torch.float32)
+    return x.to(torch.float32)
+
+
+def _as_float32(x: Tensor, name: str) -> Tensor:
+    x = _to_float32(x, name)
     check_finite(x, name)
     return x
+
+
+def _check_finite_stats(stats: tuple[Tensor, ...], x: Tensor, name: str) -> None:
+    """The finiteness check of SPEC §1 done on the reductions instead of on x.
+
+    amax/amin propagate NaN and ±Inf, so every element of x is finite iff every per-unit
+    max and min (or |x| max) is: one check over the (small) scale-shaped tensors replaces
+    a full pass over x. On failure ``check_finite`` scans x to count and name the culprits.
+    """
+    if not all(bool(torch.isfinite(t).all()) for t in stats):
+        check_finite(x, name)
+        raise AssertionError("unreachable: a non-finite reduction of a finite tensor")
 
 
 def _check_shape(x: Tensor, spec: QuantSpec, name: str) -> None:
@@ -156,18 +173,30 @@ def qparams(x: Tensor, spec: QuantSpec, clip: Tensor | float | None = None,
     ``zero`` (all zeros when symmetric), shaped (N, 1) for channel, (..., 1) for token,
     (..., K/g) for group, and x.ndim ones for tensor.
     """
-    x = _as_float32(x, name)
+    x = _to_float32(x, name)
     _check_shape(x, spec, name)
+    return _qparams(x, spec, clip, name)
+
+
+def _qparams(x: Tensor, spec: QuantSpec, clip: Tensor | float | None, name: str
+             ) -> tuple[Tensor, Tensor]:
+    """``qparams`` on a float32 x of a checked shape; raises if x is not finite."""
     c = torch.as_tensor(spec.clip if clip is None else clip, dtype=torch.float32)
     xg = _grouped(x, spec)  # (..., m): the m elements on the last axis share one scale
     if spec.symmetric:
-        amax = _shape_params(xg.abs().amax(dim=-1), x, spec)  # scale's shape
+        # max|x| = max(max x, −min x) exactly: two reductions, no |x| tensor to allocate;
+        # NaN/Inf in a unit shows up here (both reductions and maximum propagate them)
+        amax = torch.maximum(xg.amax(dim=-1), xg.amin(dim=-1).neg())  # (...,)
+        _check_finite_stats((amax,), x, name)
+        amax = _shape_params(amax, x, spec)  # scale's shape
         s = (c * amax) / torch.tensor(spec.scale_divisor, dtype=torch.float32)
         s = _fix_zero_scale(s)
         return s, torch.zeros_like(s, dtype=torch.int32)
     zero_f = torch.zeros((), dtype=torch.float32)
-    lo = _shape_params(torch.minimum(xg.amin(dim=-1), zero_f), x, spec) * c  # min with 0, × c
-    hi = _shape_params(torch.maximum(xg.amax(dim=-1), zero_f), x, spec) * c  # max with 0, × c
+    x_min, x_max = xg.amin(dim=-1), xg.amax(dim=-1)  # (...,)
+    _check_finite_stats((x_min, x_max), x, name)
+    lo = _shape_params(torch.minimum(x_min, zero_f), x, spec) * c  # min with 0, × c
+    hi = _shape_params(torch.maximum(x_max, zero_f), x, spec) * c  # max with 0, × c
     s = _fix_zero_scale((hi - lo) / torch.tensor(float(spec.qmax), dtype=torch.float32))
     z = torch.clamp(torch.round(-lo / s), 0, spec.qmax).to(torch.int32)
     return s, z
@@ -195,18 +224,25 @@ def quantize_to_grid(x: Tensor, scale: Tensor, zero: Tensor, spec: QuantSpec,
                      name: str = "x") -> Tensor:
     """q = clamp(round(x / s) [+ z], qmin, qmax) with given parameters → int32 (SPEC §1)."""
     x = _as_float32(x, name)
+    return _grid_values(x, scale, zero, spec).to(torch.int32)
+
+
+def _grid_values(x: Tensor, scale: Tensor, zero: Tensor, spec: QuantSpec) -> Tensor:
+    """clamp(round(x / s) [+ z], qmin, qmax) as float32 (exact: small integers)."""
     s = _expand(scale.to(torch.float32), x, spec)
     q = torch.round(x / s)  # true division, round half to even
     if not spec.symmetric:
         q = q + _expand(zero, x, spec).to(torch.float32)
-    return torch.clamp(q, spec.qmin, spec.qmax).to(torch.int32)
+    return torch.clamp(q, spec.qmin, spec.qmax)
 
 
 def quantize(x: Tensor, spec: QuantSpec, clip: Tensor | float | None = None,
              name: str = "x") -> tuple[Tensor, Tensor, Tensor]:
     """Quantize ``x`` → ``(q, scale, zero)``: int32 grid values, float32 scales, int32 zeros."""
-    scale, zero = qparams(x, spec, clip=clip, name=name)
-    return quantize_to_grid(x, scale, zero, spec, name=name), scale, zero
+    x = _to_float32(x, name)
+    _check_shape(x, spec, name)
+    scale, zero = _qparams(x, spec, clip, name)  # raises unless x is finite
+    return _grid_values(x, scale, zero, spec).to(torch.int32), scale, zero
 
 
 def dequantize(q: Tensor, scale: Tensor, zero: Tensor | None, spec: QuantSpec) -> Tensor:
@@ -224,10 +260,39 @@ def dequantize(q: Tensor, scale: Tensor, zero: Tensor | None, spec: QuantSpec) -
 
 
 def fake_quantize(x: Tensor, spec: QuantSpec, clip: Tensor | float | None = None,
-                  name: str = "x") -> Tensor:
-    """dequantize(quantize(x)): the value the quantized model computes with, float32."""
-    q, scale, zero = quantize(x, spec, clip=clip, name=name)
-    return dequantize(q, scale, zero, spec)
+                  name: str = "x", inplace: bool = False) -> Tensor:
+    """dequantize(quantize(x)): the value the quantized model computes with, float32.
+
+    Bit for bit the pair's result, computed without the int32 round trip: the grid values
+    are small integers, exact in float32, so (q [− z]) · s is the same product. The
+    finiteness check runs on the scale reductions (``_check_finite_stats``), not on x: this
+    is the activation hot path of every quantized forward. ``inplace=True`` writes the
+    result into x itself when x is float32 (a fresh tensor the caller owns, such as a
+    rotation's output; not one autograd needs), sparing one allocation: same values.
+    """
+    x = _to_float32(x, name)
+    _check_shape(x, spec, name)
+    scale, zero = _qparams(x, spec, clip, name)  # raises unless x is finite
+    xg = _grouped(x, spec)  # (..., m): the m elements sharing one scale
+    s = _per_unit(scale, spec)  # broadcasts against xg
+    # One fresh tensor, then in-place steps: on CPU a new large tensor per step costs more
+    # (page faults) than the arithmetic. Same operations, same order as the pair.
+    q = (xg.div_(s) if inplace else torch.div(xg, s)).round_()  # true division, half to even
+    if spec.symmetric:
+        q.clamp_(spec.qmin, spec.qmax)
+    else:
+        z = _per_unit(zero, spec).to(torch.float32)
+        q.add_(z).clamp_(spec.qmin, spec.qmax).sub_(z)  # q_u − z, exact in float32
+    return q.mul_(s).reshape(x.shape)  # (q [− z]) · s
+
+
+def _per_unit(p: Tensor, spec: QuantSpec) -> Tensor:
+    """Scale-shaped parameters broadcastable against ``_grouped(x)``."""
+    if spec.granularity == "tensor":
+        return p.reshape(1, 1)
+    if spec.granularity == "group":
+        return p.unsqueeze(-1)  # (..., K/g, 1)
+    return p  # (..., 1)
 
 
 # --- clip search ----------------------------------------------------------------------------
