@@ -391,6 +391,17 @@ class FlatCalibration:
             return float(err.mean())
         return float((self.w * err).sum() / self.w.sum())
 
+    def batch_loss(self, idx: Tensor) -> Tensor:
+        """Σ_{n∈batch} w_n ‖Y_n − Block_Q(X_n)‖² / (|batch| · w̄) for the states ``idx``.
+
+        |batch| counts the rows (states × L) of the batch and w̄ is the mean weight over all
+        calibration rows, so over an epoch of equal batches the losses average to L_ℓ; there
+        is no self-normalization, so a batch of light rows weighs less (SPEC §4.3d).
+        """
+        Yq = self.run(self.X[idx], None if self.mask is None else self.mask[idx])
+        e = (self.Y[idx] - Yq).square().sum(-1)  # (b, L) ‖Y_n − Block_Q(X_n)‖²
+        return (self.w_hat[idx] * e).sum() / e.numel()
+
     def train(self) -> list[float]:
         """Train all sites jointly (SPEC §4.3d); returns L_ℓ at init and after each epoch.
 
@@ -420,11 +431,7 @@ class FlatCalibration:
             for i in range(0, B, cfg.batch):
                 idx = order[i:i + cfg.batch]
                 with torch.enable_grad():
-                    Yq = self.run(self.X[idx], None if self.mask is None else self.mask[idx])
-                    e = (self.Y[idx] - Yq).square().sum(-1)  # (b, L) ‖Y_n − Block_Q(X_n)‖²
-                    # Σ_{n∈batch} w_n e_n / (|batch| · w̄): over an epoch of equal batches this
-                    # averages to L_ℓ; no self-normalization, so a batch of light rows weighs less
-                    loss = (self.w_hat[idx] * e).sum() / e.numel()
+                    loss = self.batch_loss(idx)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                 opt.step()

@@ -101,7 +101,8 @@ def factor_inv_t(B: Tensor, A_U: Tensor, theta: Tensor, A_V: Tensor) -> Tensor:
 
     (B C_U D C_Vᵀ)⁻ᵀ = B⁻ᵀ C_U⁻ᵀ D⁻¹ (C_Vᵀ)⁻ᵀ = B C_U D⁻¹ C_Vᵀ, because M⁻ᵀ = M for an
     orthogonal M and D = diag(exp θ) is diagonal: only the sign of θ changes, so no
-    inverse is ever formed.
+    inverse is ever formed. (A float32 B is orthogonal only to float32 rounding, so in
+    float32 this is P⁻ᵀ to rounding, which is all the float32 product can use anyway.)
     """
     return factor(B, A_U, -theta, A_V)
 
