@@ -385,11 +385,15 @@ class FlatCalibration:
 
     @torch.no_grad()
     def loss(self) -> float:
-        """L_ℓ = Σ_n w_n ‖Y_n − Block_Q(X_n)‖² / Σ_n w_n on all of X, float64 (SPEC §4.2)."""
+        """L_ℓ = Σ_n w_n ‖Y_n − Block_Q(X_n)‖² / Σ_n w_n on all of X (SPEC §4.2).
+
+        Computed in float64 with the normalized weights w / w̄ of the training loss, so that
+        rescaling w (by any constant on w ≡ c, by powers of two otherwise) selects the same
+        best epoch bit for bit.
+        """
         err = (self.Y - self.run(self.X, self.mask).float()).square().sum(-1)  # (B, L)
-        if self.w is None:
-            return float(err.mean())
-        return float((self.w * err).sum() / self.w.sum())
+        w = self.w_hat.to(torch.float64)
+        return float((w * err.to(torch.float64)).sum() / w.sum())
 
     def batch_loss(self, idx: Tensor) -> Tensor:
         """Σ_{n∈batch} w_n ‖Y_n − Block_Q(X_n)‖² / (|batch| · w̄) for the states ``idx``.
