@@ -202,9 +202,14 @@ class _Site(nn.Module):
                 setattr(self, f"theta_{side}", nn.Parameter(torch.zeros(n)))
         self.zeta = None if zeta is None else nn.Parameter(zeta.clone())  # (K,)
         self.eta_a = nn.Parameter(torch.tensor(cfg.eta_init, dtype=torch.float32))
+        #: within one block forward the site's linears share one evaluation of the factors
+        #: (``FlatCalibration._run`` opens and clears it); None: compute on every call
+        self.cache: list | None = None
 
     def factors(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """(P_l, P_r, P_l⁻ᵀ, P_r⁻ᵀ) as the current float32 values."""
+        if self.cache:
+            return self.cache[0]
         out = []
         for side in ("l", "r"):
             if self.direct:
@@ -215,6 +220,8 @@ class _Site(nn.Module):
                         getattr(self, f"theta_{side}"), skew(getattr(self, f"A_V_{side}")))
                 out.append((factor(*args), factor_inv_t(*args)))
         (P_l, P_l_it), (P_r, P_r_it) = out
+        if self.cache is not None:
+            self.cache.append((P_l, P_r, P_l_it, P_r_it))
         return P_l, P_r, P_l_it, P_r_it
 
 
@@ -374,6 +381,16 @@ class FlatCalibration:
             absmax.append(activation_absmax(x, self.w))  # (K,) over rows with w > 0
         return names, absmax
 
+    def _run(self, h: Tensor, mask: Tensor | None) -> Tensor:
+        """The block on h, each site's factors evaluated once for all its linears."""
+        for site in self.sites:
+            site.cache = []
+        try:
+            return self.run(h, mask)
+        finally:
+            for site in self.sites:
+                site.cache = None
+
     def _params(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
         """(A, θ, ζ, direct factors) and (clip logits η)."""
         main, clip = [], []
@@ -391,7 +408,7 @@ class FlatCalibration:
         rescaling w (by any constant on w ≡ c, by powers of two otherwise) selects the same
         best epoch bit for bit.
         """
-        err = (self.Y - self.run(self.X, self.mask).float()).square().sum(-1)  # (B, L)
+        err = (self.Y - self._run(self.X, self.mask).float()).square().sum(-1)  # (B, L)
         w = self.w_hat.to(torch.float64)
         return float((w * err.to(torch.float64)).sum() / w.sum())
 
@@ -402,7 +419,7 @@ class FlatCalibration:
         calibration rows, so over an epoch of equal batches the losses average to L_ℓ; there
         is no self-normalization, so a batch of light rows weighs less (SPEC §4.3d).
         """
-        Yq = self.run(self.X[idx], None if self.mask is None else self.mask[idx])
+        Yq = self._run(self.X[idx], None if self.mask is None else self.mask[idx])
         e = (self.Y[idx] - Yq).square().sum(-1)  # (b, L) ‖Y_n − Block_Q(X_n)‖²
         return (self.w_hat[idx] * e).sum() / e.numel()
 

@@ -133,9 +133,12 @@ def kron_apply(x: Tensor, M_l: Tensor, M_r: Tensor) -> Tensor:
     if x.shape[-1] != n_l * n_r:
         raise ValueError(f"x ends in {x.shape[-1]} features but the factors are "
                          f"{n_l} × {n_r} = {n_l * n_r}; build them with kronecker_sizes(K)")
-    X = x.reshape(*x.shape[:-1], n_l, n_r)  # (..., n_l, n_r) row-major
-    Z = torch.matmul(M_l.mT, torch.matmul(X, M_r))  # (..., n_l, n_r): M_lᵀ X M_r
-    return Z.reshape(x.shape)  # (..., K)
+    X = x.reshape(-1, n_l, n_r)  # (T, n_l, n_r) row-major
+    XM = torch.matmul(X, M_r)  # (T, n_l, n_r) = X M_r: one (T·n_l, n_r) @ (n_r, n_r) matmul
+    # M_lᵀ (X M_r) = ((X M_r)ᵀ M_l)ᵀ: again one 2-D matmul, (T·n_r, n_l) @ (n_l, n_l), instead
+    # of broadcasting M_lᵀ over T small batched products
+    Z = torch.matmul(XM.mT.reshape(-1, n_l), M_l)  # (T·n_r, n_l)
+    return Z.reshape(-1, n_r, n_l).mT.reshape(x.shape)  # (T, n_l, n_r) → (..., K)
 
 
 # --- the exported transform -------------------------------------------------------------------
