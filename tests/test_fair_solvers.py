@@ -142,11 +142,14 @@ def test_weight_clip_search_minimizes_each_channels_weighted_output_error(seed, 
 # --- (d) flat ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("arch", ["llada", "dream"])
-def test_exported_block_equals_the_trained_fake_quant_block_bit_for_bit(arch):
+@pytest.mark.parametrize("arch, inverse, rotation", [
+    ("llada", "cayley", "hadamard"), ("dream", "cayley", "hadamard"),
+    ("dream", "direct", "random"), ("llada", "cayley", None)])
+def test_exported_block_equals_the_trained_fake_quant_block_bit_for_bit(arch, inverse, rotation):
     """Folding ζ into the norm during training makes the training forward the exported one."""
     w = torch.rand(6, 8, generator=torch.Generator().manual_seed(3))
-    model, cal, run = _setup(arch, w=w)
+    model, cal, run = _setup(arch, w=w, rotation=rotation,
+                             config=dataclasses.replace(FAST, inverse=inverse))
     cal.train()
     with torch.no_grad():
         Y_trained = run(cal.X, None)
@@ -302,3 +305,8 @@ def test_flat_settings_are_checked():
         CalibConfig(solver="flat", clip_search=True)
     with pytest.raises(ValueError, match="w is zero on every row"):
         _setup(w=torch.zeros(6, 8))
+    model = _model("llada")
+    X = torch.zeros(2, 3, 32)
+    with pytest.raises(ValueError, match="symmetric per-token a_spec"):
+        FlatCalibration(model.blocks[0], model.linear_groups(), None, X, X, None, None, W4,
+                        QuantSpec(bits=4, granularity="tensor"))

@@ -319,6 +319,12 @@ class FlatCalibration:
                 raise ValueError(f"{name} must have shape (B, L) = {tuple(X.shape[:2])}, got {tuple(t.shape)}")
         if w is not None and (not torch.isfinite(w).all() or (w < 0).any()):
             raise ValueError("w must be finite and non-negative")
+        if not w_spec.symmetric or w_spec.granularity not in ("channel", "group"):
+            raise ValueError(f"the flat solver needs a symmetric per-channel or per-group w_spec, "
+                             f"got symmetric={w_spec.symmetric}, granularity={w_spec.granularity!r}")
+        if a_spec is not None and (not a_spec.symmetric or a_spec.granularity != "token"):
+            raise ValueError(f"the flat solver needs a symmetric per-token a_spec (or None), got "
+                             f"symmetric={a_spec.symmetric}, granularity={a_spec.granularity!r}")
         self.block, self.groups, self.run = block, [list(g) for g in groups], run
         self.X, self.Y, self.mask = X.to(torch.float32), Y.to(torch.float32), attention_mask
         self.w = None if w is None else w.to(torch.float64)  # (B, L) raw weights
