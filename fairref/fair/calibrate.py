@@ -37,13 +37,12 @@ T = B·L tokens.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable, Literal
 
 import torch
 from torch import Tensor, nn
-
-import dataclasses
 
 from fairref.fair.solvers import FlatConfig, flat_block, search_act_clip, search_weight_clip
 from fairref.quant.gptq import gptq_quantize
