@@ -29,8 +29,10 @@ writes a JSON-able description for the checkpoint.
 
 Legend: B states, L length, d hidden, K a site's input features, N output channels,
 n_l × n_r the Kronecker factors, G = K/g weight groups.
-Checked against: FlatQuant (ruikangliu/FlatQuant, ``flatquant/train_utils.py``,
-``flat_linear.py``), read for the method; differences are listed in SPEC §4.3d.
+Written from SPEC §4.3 and the FlatQuant paper; not diffed against FlatQuant's code (the
+differences of that code are listed in SPEC §4.3d). Checked by tests/test_fair_solvers.py:
+the STE quantizer's forward equals ``grid.fake_quantize`` bit for bit, and the exported
+block equals the trained fake-quant block bit for bit.
 """
 
 from __future__ import annotations

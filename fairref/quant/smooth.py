@@ -14,7 +14,8 @@ balance against: ζ_j = 1 there leaves that channel untouched (and avoids 0^(−
 
 All pure functions, float32 results; the statistics are taken in float64.
 Legend: T tokens, K input features (channels), N output channels of the site's weights.
-Checked against: SmoothQuant (mit-han-lab/smoothquant, ``smooth.py``), read for the formula.
+Written from SPEC §4.4 (SmoothQuant, Xiao et al. 2023); checked by the defining identities
+in tests/test_quant_smooth.py.
 """
 
 from __future__ import annotations

@@ -29,8 +29,9 @@ input-transform slot holds. All arithmetic is float32 (SPEC §1).
 
 Legend: K a linear's input features, n_l × n_r the Kronecker factors, N output channels,
 T tokens (any leading dims), n a factor's size.
-Checked against: FlatQuant (ruikangliu/FlatQuant, ``flatquant/trans_utils.py``), read
-for the structure; this file is our own.
+Written from SPEC §4.3d and the FlatQuant paper (arXiv 2410.09426); not diffed against
+FlatQuant's code. Checked by tests/test_quant_transform.py (dense Kronecker oracle, float64
+identities, block-wise Hadamard oracle).
 """
 
 from __future__ import annotations
