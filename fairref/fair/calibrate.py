@@ -15,6 +15,15 @@ the weight W R. With ``solver="rtn"`` no data is used (RTN); with all w_n = 1 th
 ordinary layer-wise GPTQ (SPEC §4.4), so the token weights are the only difference between
 methods and ablations are exact.
 
+Solver (b), ``clip_search=True`` with "rtn" or "gptq": per group, the activation clip
+ratio minimizing L_ℓ with the group's weights RTN-quantized (later groups still full
+precision), then per output channel the weight clip minimizing the weighted output error;
+the solver then uses those clips (``fairref.fair.solvers``).
+
+Solver (d), ``solver="flat"``: the block's four sites are trained jointly by
+``fairref.fair.solvers.flat_block`` on X^ℓ (or, with ``flat.fp_inputs``, on the teacher's
+input to block ℓ) and exported in place; X^{ℓ+1} is then produced by the *exported* block.
+
 The weights ``w`` are per hidden-state row (B, L): the caller maps positions to rows
 (for Dream, hidden state i carries the weight of position i + 1, SPEC §3.4) and zeroes
 padding. This module never builds a prior: that is Stage I's job.
@@ -28,14 +37,16 @@ T = B·L tokens.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable, Literal
 
 import torch
 from torch import Tensor, nn
 
+from fairref.fair.solvers import FlatConfig, flat_block, search_act_clip, search_weight_clip
 from fairref.quant.gptq import gptq_quantize
-from fairref.quant.grid import QuantSpec, fake_quantize
+from fairref.quant.grid import QuantSpec, fake_quantize, quantize
 from fairref.quant.hessian import HessianAccumulator
 from fairref.quant.linear import QuantLinear
 from fairref.quant.rotation import RotationKind, RotationSpec
@@ -49,14 +60,19 @@ class CalibConfig:
     a_spec: QuantSpec | None = QuantSpec(bits=4, granularity="token")  # None: weight-only
     rotation: RotationKind | None = "hadamard"  # per-linear rotation R, or None
     rotation_seed: int = 0  # used only by rotation="random"
-    solver: Literal["rtn", "gptq"] = "gptq"
+    solver: Literal["rtn", "gptq", "flat"] = "gptq"  # (a) GPTQ, (d) flat, or RTN
+    clip_search: bool = False  # solver (b) before "rtn"/"gptq": searched clip ratios
+    flat: FlatConfig = FlatConfig()  # settings of solver "flat" (SPEC §4.3d)
     percdamp: float = 0.01  # GPTQ damping, fraction of mean(diag H)
     blocksize: int = 128  # GPTQ lazy-batch columns (does not change the result)
     act_order: bool = False  # GPTQ column order by descending diag H
 
     def __post_init__(self) -> None:
-        if self.solver not in ("rtn", "gptq"):
-            raise ValueError(f"CalibConfig.solver must be 'rtn' or 'gptq', got {self.solver!r}")
+        if self.solver not in ("rtn", "gptq", "flat"):
+            raise ValueError(f"CalibConfig.solver must be 'rtn', 'gptq' or 'flat', got {self.solver!r}")
+        if self.clip_search and self.solver == "flat":
+            raise ValueError("CalibConfig.clip_search is for solvers 'rtn' and 'gptq'; the flat "
+                             "solver learns its clips")
 
 
 @dataclass
@@ -93,28 +109,55 @@ def _replace(block: nn.Module, name: str, new: nn.Module) -> None:
     setattr(block.get_submodule(parent_name) if parent_name else block, attr, new)
 
 
-def _quantize_linear(lin: nn.Linear, x: Tensor | None, w: Tensor | None, cfg: CalibConfig
-                     ) -> tuple[QuantLinear, dict]:
-    """One linear: RTN, or weighted GPTQ on its quantized-path inputs x (..., K)."""
+def _quantize_linear(lin: nn.Linear, x: Tensor | None, w: Tensor | None, cfg: CalibConfig,
+                     act_clip: float | None = None) -> tuple[QuantLinear, dict]:
+    """One linear: RTN, or weighted GPTQ on its quantized-path inputs x (..., K); with
+    ``cfg.clip_search`` at the activation clip ``act_clip`` and searched weight clips."""
     K = lin.in_features
     # the same RotationSpec.apply rotates W here and x in the QuantLinear's forward
     R = None if cfg.rotation is None else RotationSpec(cfg.rotation, K, cfg.rotation_seed)
-    if cfg.solver == "rtn":
+    a_spec = cfg.a_spec
+    if act_clip is not None:
+        a_spec = dataclasses.replace(cfg.a_spec, clip=act_clip)
+    if cfg.solver == "rtn" and not cfg.clip_search:
         return QuantLinear.from_linear(lin, cfg.w_spec, cfg.a_spec, transform=R), {}
     W = lin.weight.detach().to(torch.float32)  # (N, K)
     xr = x.to(torch.float32).reshape(-1, K)  # (T, K)
     if R is not None:
         W = R.apply_weight(W)  # W R, the weight in the rotated basis: x Wᵀ = (x R)(W R)ᵀ
         xr = R.apply(xr)  # x R, exactly what QuantLinear.transformed_input computes
-    if cfg.a_spec is not None:
-        xr = fake_quantize(xr, cfg.a_spec, name="layer input")  # what the QuantLinear sees
+    if a_spec is not None:
+        xr = fake_quantize(xr, a_spec, name="layer input")  # what the QuantLinear sees
     H = HessianAccumulator(K).add(xr, None if w is None else w.reshape(-1)).H
-    res = gptq_quantize(W, H, cfg.w_spec, blocksize=cfg.blocksize, percdamp=cfg.percdamp,
-                        act_order=cfg.act_order)
     bias = None if lin.bias is None else lin.bias.detach()
-    ql = QuantLinear.from_quantized(res.q, res.scale, res.zero, cfg.w_spec, cfg.a_spec,
+    c_w = search_weight_clip(W, H, cfg.w_spec) if cfg.clip_search else None  # (N, 1)
+    info = {} if not cfg.clip_search else {"act_clip": act_clip,
+                                           "weight_clip": c_w.reshape(-1).tolist()}
+    if cfg.solver == "rtn":  # RTN at the searched clips
+        q, s, z = quantize(W, cfg.w_spec, clip=c_w, name="linear.weight")
+        return QuantLinear.from_quantized(q, s, z, cfg.w_spec, a_spec, bias=bias, transform=R), info
+    res = gptq_quantize(W, H, cfg.w_spec, blocksize=cfg.blocksize, percdamp=cfg.percdamp,
+                        act_order=cfg.act_order, clip=c_w)
+    ql = QuantLinear.from_quantized(res.q, res.scale, res.zero, cfg.w_spec, a_spec,
                                     bias=bias, transform=R)
-    return ql, {"damp": res.damp, "fell_back_to_rtn": res.fell_back_to_rtn}
+    return ql, {"damp": res.damp, "fell_back_to_rtn": res.fell_back_to_rtn, **info}
+
+
+def _group_rtn_loss(model, l: int, group: list[str], act_clip: float, h_q: Tensor, Y: Tensor,
+                    w: Tensor | None, attention_mask: Tensor | None, cfg: CalibConfig) -> float:
+    """L_ℓ with the group's linears RTN-quantized at activation clip ``act_clip`` (SPEC §4.3b)."""
+    block = model.blocks[l]
+    a_spec = dataclasses.replace(cfg.a_spec, clip=act_clip)
+    originals = {n: block.get_submodule(n) for n in group}
+    try:
+        for n, lin in originals.items():
+            R = None if cfg.rotation is None else RotationSpec(cfg.rotation, lin.in_features,
+                                                               cfg.rotation_seed)
+            _replace(block, n, QuantLinear.from_linear(lin, cfg.w_spec, a_spec, transform=R))
+        return _weighted_mse(Y, model.run_block(l, h_q, attention_mask), w)
+    finally:
+        for n, lin in originals.items():
+            _replace(block, n, lin)
 
 
 def _weighted_mse(Y: Tensor, Yq: Tensor, w: Tensor | None) -> float:
@@ -136,9 +179,10 @@ def quantize_model(model, states: Tensor | None = None, weights: Tensor | None =
     ``attention_mask``: (B, L) bool, True for real tokens; padded rows get weight 0.
     ``progress``: called with a one-line message after each block.
     """
-    if config.solver == "gptq" and states is None:
-        raise ValueError("states is required for solver='gptq' (calibration data); "
-                         "use solver='rtn' for data-free quantization")
+    if (config.solver != "rtn" or config.clip_search) and states is None:
+        raise ValueError(f"states is required for solver={config.solver!r}"
+                         f"{' with clip_search' if config.clip_search else ''} (calibration "
+                         "data); use solver='rtn' for data-free quantization")
     w = weights
     if states is not None:
         if states.ndim != 2:
@@ -161,13 +205,26 @@ def quantize_model(model, states: Tensor | None = None, weights: Tensor | None =
         h_q = h_fp.clone()  # (B, L, d) quantized path
     for l, block in enumerate(model.blocks):
         Y = None if h_fp is None else model.run_block(l, h_fp, attention_mask)  # target Y^ℓ
-        for group in groups:
+        if config.solver == "flat":
+            X = h_fp if config.flat.fp_inputs else h_q  # FlatQuant's option: teacher inputs
+            gptq = dict(percdamp=config.percdamp, blocksize=config.blocksize,
+                        act_order=config.act_order)
+            report.solver_info[f"blocks.{l}"] = flat_block(
+                block, groups, lambda h, m: model.run_block(l, h, m), X, Y, w, attention_mask,
+                config.w_spec, config.a_spec, config.rotation, config.rotation_seed,
+                config.flat, gptq=gptq)
+        for group in groups if config.solver != "flat" else []:
             xs = {}
-            if config.solver == "gptq":
+            if config.solver == "gptq" or config.clip_search:
                 xs = _capture_inputs(block, group,
                                      lambda: model.run_block(l, h_q, attention_mask))
+            c_a = None
+            if config.clip_search and config.a_spec is not None:
+                c_a = search_act_clip(lambda c: _group_rtn_loss(
+                    model, l, group, c, h_q, Y, w, attention_mask, config))
             for name in group:
-                ql, info = _quantize_linear(block.get_submodule(name), xs.get(name), w, config)
+                ql, info = _quantize_linear(block.get_submodule(name), xs.get(name), w, config,
+                                            act_clip=c_a)
                 _replace(block, name, ql.to(next(block.parameters()).device))
                 if info:
                     report.solver_info[f"blocks.{l}.{name}"] = info

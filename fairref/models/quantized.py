@@ -5,7 +5,9 @@ A quantized directory is a float checkpoint directory whose ``config.json`` carr
 ``<name>`` (its path in the model, e.g. ``model.transformer.blocks.0.q_proj``):
 
 - ``<name>.weight_packed`` — the integer weight: two's-complement nibbles, two per uint8
-  along K (``fairref.quant.int4.pack_int4``) when ``bits == 4``, else int8;
+  along K (``fairref.quant.int4.pack_int4``) when ``bits == 4``, else int8; an asymmetric
+  (unsigned, [0, 2^b − 1]) grid is stored offset by −2^(b−1) so that it fits the same
+  signed containers;
 - ``<name>.weight_scale`` — float32 scales, (N, 1) per channel or (N, K/g) per group;
 - ``<name>.weight_zero`` — int32 zero points, only for asymmetric weights;
 - ``<name>.bias`` — float32, when the linear has one;
@@ -60,11 +62,13 @@ def _spec_from_dict(d: dict | None, where: str) -> QuantSpec | None:
 
 
 def _split_tensors(desc: dict, prefix: str, out: dict[str, Tensor]) -> dict:
-    """Replace every tensor value of a transform description by a reference to ``out``."""
+    """Replace every array value (a tensor, or a list of numbers) of a transform description
+    by a reference to a float32 tensor in ``out`` (float32 values survive the trip exactly)."""
     clean = {}
     for k, v in desc.items():
-        if isinstance(v, Tensor):
-            out[f"{prefix}.transform.{k}"] = v.detach().to(torch.float32).contiguous().cpu()
+        if isinstance(v, (Tensor, list)):
+            t = v.detach() if isinstance(v, Tensor) else torch.tensor(v, dtype=torch.float32)
+            out[f"{prefix}.transform.{k}"] = t.to(torch.float32).contiguous().cpu()
             clean[k] = _TENSOR_REF + k
         else:
             clean[k] = v
@@ -106,7 +110,8 @@ def save_quantized(model, path: str | Path, *, method: dict | None = None,
     tensors: dict[str, Tensor] = {}
     modules = {}
     for name, ql in qls.items():
-        q = ql.q_w
+        # asymmetric grids are unsigned [0, 2^b − 1]: stored offset by −2^(b−1) (module doc)
+        q = ql.q_w if ql.w_spec.symmetric else ql.q_w - 2 ** (ql.w_spec.bits - 1)
         tensors[f"{name}.weight_packed"] = (pack_int4(q) if ql.w_spec.bits == 4
                                             else q.to(torch.int8)).contiguous().cpu()
         tensors[f"{name}.weight_scale"] = ql.s_w.contiguous().cpu()
@@ -201,6 +206,8 @@ def load_quantized(path: str | Path, build_float_model, tensors: dict[str, Tenso
             q = unpack_int4(take("weight_packed", torch.uint8, (N, (K + 1) // 2)), K)
         else:
             q = take("weight_packed", torch.int8, (N, K)).to(torch.int32)
+        if not w_spec.symmetric:
+            q = q + 2 ** (w_spec.bits - 1)  # back to the unsigned grid
         s = take("weight_scale", torch.float32, None)
         z = None if w_spec.symmetric else take("weight_zero", torch.int32, None)
         bias = take("bias", torch.float32, (N,)) if m.get("bias") else None

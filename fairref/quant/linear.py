@@ -48,6 +48,7 @@ from torch import Tensor, nn
 from fairref.quant.grid import QuantSpec, dequantize, fake_quantize, quantize
 from fairref.quant.int4 import int4_matmul
 from fairref.quant.rotation import RotationKind, RotationSpec
+from fairref.quant.transform import KroneckerTransform
 
 
 @runtime_checkable
@@ -64,7 +65,10 @@ class InputTransform(Protocol):
 
 
 #: ``to_dict()["type"]`` → the constructor that inverts it (``transform_from_dict``)
-TRANSFORMS: dict[str, Callable[[dict], InputTransform]] = {"rotation": RotationSpec.from_dict}
+TRANSFORMS: dict[str, Callable[[dict], InputTransform]] = {
+    "rotation": RotationSpec.from_dict,  # SPEC §1 (QuaRot-style)
+    "kronecker": KroneckerTransform.from_dict,  # SPEC §4.3(d) (the flat solver's)
+}
 
 
 def transform_from_dict(d: dict | None) -> InputTransform | None:
