@@ -175,6 +175,13 @@ class QuantLinear(nn.Module):
         # their autograd version counters, which every in-place write increments
         return tuple((t, t._version) for t in (self.q_w, self.s_w, self.z_w))
 
+    def _apply(self, fn, *args, **kwargs):
+        # .to(device) and friends replace the buffers: rebuild Ŵ there now, and drop the
+        # references the old key holds to the replaced tensors
+        out = super()._apply(fn, *args, **kwargs)
+        self._W_hat, self._W_hat_key = self.dequantized_weight(), self._weight_key()
+        return out
+
     @property
     def W_hat(self) -> Tensor:
         """The cached Ŵ, equal to ``dequantized_weight()`` bit for bit; rebuilt when q_w,

@@ -30,8 +30,8 @@ the single m × m matmul is faster). Error (u = 2⁻²⁴, γ_n = nu/(1 − nu),
 each term x_ij·(±c) is rounded once and summed over b terms, then the a partial sums are
 added with exact ±1 weights, so every term carries (1 + θ_b)(1 + θ_{a−1}) = 1 + θ_{a+b−1}
 and |apply(x) − x R|_j ≤ γ_{a+b−1}·(|x| |R|)_j, R the dense float32 reference. A single
-m × m matmul gives γ_m instead. ``RotationSpec.rounding_terms`` returns that n; both are
-below the γ_K of the dense reference itself. tests/test_quant_rotation.py checks it.
+m × m matmul gives γ_m instead. ``RotationSpec.rounding_terms`` returns that n; neither
+exceeds the γ_K of the dense reference itself. tests/test_quant_rotation.py checks it.
 
 ``RotationSpec.apply`` is the one function that rotates activations (x R) and weights
 (W R: the rows of W are rotated like tokens) everywhere: calibration Hessians,
