@@ -37,3 +37,13 @@ def test_spec_copy_equals_the_shared_design():
         pytest.skip("no ../shared/SPEC.md beside this checkout")
     assert (ROOT / "SPEC.md").read_bytes() == shared.read_bytes(), \
         "SPEC.md differs from ../shared/SPEC.md: copy the shared design over"
+
+
+def test_the_python_quick_start_runs_as_written(tmp_path, monkeypatch):
+    """The README's Python quick start is executed verbatim (a newcomer copies it)."""
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"## Quick start \(Python\)\n\n```python\n(.*?)```", text, re.S)
+    assert block, "README.md must keep its ```python quick start"
+    code = block.group(1).replace("/tmp/llada_w4a4_fair", str(tmp_path / "q"))
+    exec(compile(code, "README quick start", "exec"), {})
+    assert (tmp_path / "q" / "config.json").is_file()
