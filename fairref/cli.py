@@ -260,14 +260,23 @@ def _check_out(path: Path, force: bool, flag: str = "--out") -> None:
 
 
 def _load_teacher(path: Path, device):
-    """The float model of ``--model`` on ``device`` (a quantized directory is refused)."""
+    """The float model of ``--model`` on ``device`` (a quantized directory, or one with a
+    NaN/Inf weight, is refused)."""
+    import torch
+
     from fairref.models import load
     from fairref.models.quantized import is_quantized_dir
 
     if is_quantized_dir(path):
         raise ValueError(f"--model {path} is a quantized checkpoint; give the float model it "
                          "was calibrated from (pass quantized ones to eval --quantized)")
-    return load(path, device=device)
+    model = load(path, device=device)
+    for name, t in model.state_dict().items():
+        bad = int((~torch.isfinite(t)).sum()) if t.is_floating_point() else 0
+        if bad:
+            raise ValueError(f"--model {path}: weight {name} holds {bad} NaN/Inf value(s); the "
+                             "checkpoint is corrupt or was saved from a diverged run")
+    return model
 
 
 def _settings(model_dir: Path, model):
@@ -526,10 +535,17 @@ def _run_calibrate(args: argparse.Namespace) -> int:
             save_quantized(model, partial, overwrite=True, method={"partial": {
                 "blocks_done": l + 1, "inputs_hash": inputs_hash, "method": method.name}})
 
-    result = calibrate(teacher, method, data, prior=prior, w_bits=args.w_bits,
-                       a_bits=args.a_bits, flat=flat, seed=args.seed,
-                       resume_blocks=resume_blocks, on_block=on_block)
-    bar.close()
+    try:
+        result = calibrate(teacher, method, data, prior=prior, w_bits=args.w_bits,
+                           a_bits=args.a_bits, flat=flat, seed=args.seed,
+                           resume_blocks=resume_blocks, on_block=on_block)
+    except ValueError:
+        # a deterministic failure (NaN/Inf in calibration, ...): resuming would repeat it, so
+        # no partial run is left behind; an interruption or an OSError keeps it for --resume
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    finally:
+        bar.close()
     # the wall time stays out of the checkpoint: same inputs and seed → the same bytes
     desc = {k: v for k, v in result.description().items() if k != "seconds"}
     with tempfile.TemporaryDirectory() as tmp:

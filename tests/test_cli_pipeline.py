@@ -313,11 +313,32 @@ def test_eval_refuses_a_quantized_directory_whose_files_disagree(ckpt, tmp_path,
 
 
 def test_a_nan_in_the_teacher_is_a_clean_error(tmp_path, capsys):
-    model = _checkpoint(tmp_path / "m", nan_in="model.transformer.blocks.1.ff_out.weight")
+    weight = "model.transformer.blocks.1.ff_out.weight"
+    model = _checkpoint(tmp_path / "m", nan_in=weight)
     prompts = _jsonl(tmp_path / "p.jsonl")
     assert _calibrate((model, prompts), tmp_path / "q", "--method", "fair") == 2
-    line = _one_error_line(capsys)
-    assert "NaN" in line or "finite" in line, line
+    _one_error_line(capsys, "--model", weight, "NaN")
+    assert not (tmp_path / "q").exists() and not (tmp_path / "q.partial").exists()
+
+
+def test_a_nan_arising_in_calibration_is_the_pipelines_clean_error(ckpt, tmp_path, monkeypatch,
+                                                                   capsys):
+    """Calibration that leaves a NaN in the model (here planted after the last block): the
+    pipeline's finiteness check refuses it; no checkpoint and no partial run (resuming
+    would repeat the failure) remain."""
+    original = pipeline_module.quantize_model
+
+    def nan_after_the_last_block(*args, on_block=None, **kw):
+        def hook(l, model):
+            on_block(l, model)
+            if l == len(model.blocks) - 1:
+                with torch.no_grad():
+                    model.get_parameter("model.transformer.ln_f.weight")[0] = float("nan")
+        return original(*args, on_block=hook, **kw)
+
+    monkeypatch.setattr(pipeline_module, "quantize_model", nan_after_the_last_block)
+    assert _calibrate(ckpt, tmp_path / "q", "--method", "fair") == 2
+    _one_error_line(capsys, "NaN/Inf", "'fair'", "ln_f")
     assert not (tmp_path / "q").exists() and not (tmp_path / "q.partial").exists()
 
 
