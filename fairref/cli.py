@@ -479,8 +479,12 @@ def _resume_blocks(partial: Path, inputs_hash: str, device) -> list:
                          "(model, prompts, method, bits, solver options, prior or seed differ); "
                          "rerun with the original flags, or pass --force without --resume to "
                          "start over")
+    done = state.get("blocks_done")
     model = load(partial, device=device)
-    return [model.blocks[l] for l in range(int(state["blocks_done"]))]
+    if not isinstance(done, int) or not 0 < done <= len(model.blocks):
+        raise ValueError(f"--resume: {partial}/config.json has no valid blocks_done "
+                         f"({done!r}); pass --force without --resume to start over")
+    return [model.blocks[l] for l in range(done)]
 
 
 def _run_calibrate(args: argparse.Namespace) -> int:
@@ -658,7 +662,7 @@ def _eval_table(out: dict) -> str:
     head = ("model",) + cols
     widths = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [head] + rows]
-    return (f"{out['n_problems']} held-out problems ({out['prompts']}), 95% bootstrap "
+    return (f"{out['n_problems']} problems ({out['prompts']}), 95% bootstrap "
             "intervals\n" + "\n".join(lines))
 
 

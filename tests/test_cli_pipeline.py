@@ -92,15 +92,17 @@ def _one_error_line(capsys, *names):
 # --- resume ---------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("method, solver", [("fair", "flat_block"),
+                                            ("masked-uniform-gptq", "gptq_quantize")])
 def test_an_interrupted_calibration_resumes_to_the_same_bytes(ckpt, tmp_path, monkeypatch,
-                                                              capsys):
+                                                              capsys, method, solver):
     """Killed after block 2 of 3 (Ctrl-C between blocks), `--resume` recalibrates only
     block 3 and writes a checkpoint byte-identical to an uninterrupted run; two
-    uninterrupted runs with the same seed are byte-identical too. The prior is the one
-    Stage I computes here (no --prior)."""
+    uninterrupted runs with the same seed are byte-identical too. The prior of `fair` is
+    the one Stage I computes here (no --prior)."""
     a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
-    assert _calibrate(ckpt, a, "--method", "fair") == 0
-    assert _calibrate(ckpt, b, "--method", "fair") == 0
+    assert _calibrate(ckpt, a, "--method", method) == 0
+    assert _calibrate(ckpt, b, "--method", method) == 0
     assert _digest(a) == _digest(b)
 
     original = pipeline_module.quantize_model
@@ -113,20 +115,23 @@ def test_an_interrupted_calibration_resumes_to_the_same_bytes(ckpt, tmp_path, mo
         return original(*args, on_block=hook, **kw)
 
     monkeypatch.setattr(pipeline_module, "quantize_model", killed_after_block_2)
-    assert _calibrate(ckpt, c, "--method", "fair") == 130
+    assert _calibrate(ckpt, c, "--method", method) == 130
     assert not c.exists() and (tmp_path / "c.partial").is_dir()
     monkeypatch.setattr(pipeline_module, "quantize_model", original)
 
-    solved = []
-    flat_block = calibrate_module.flat_block
-    monkeypatch.setattr(calibrate_module, "flat_block",
-                        lambda *a, **k: solved.append(1) or flat_block(*a, **k))
+    solved = []  # one flat_block call per block, one gptq_quantize call per linear
+    solve = getattr(calibrate_module, solver)
+    monkeypatch.setattr(calibrate_module, solver,
+                        lambda *a, **k: solved.append(1) or solve(*a, **k))
     capsys.readouterr()
-    assert _calibrate(ckpt, c, "--method", "fair", "--resume") == 0
-    assert len(solved) == 1  # blocks 1 and 2 came from the partial run
+    assert _calibrate(ckpt, c, "--method", method, "--resume") == 0
+    per_block = 1 if solver == "flat_block" else 7  # q, k, v, o, gate, up, down
+    assert len(solved) == per_block  # blocks 1 and 2 came from the partial run
     assert "resumed after block 2" in capsys.readouterr().out
     assert _digest(c) == _digest(a)
-    assert (c / "prior.json").read_bytes() == (a / "prior.json").read_bytes()
+    assert sorted(f.name for f in c.iterdir()) == sorted(f.name for f in a.iterdir())
+    if method == "fair":
+        assert (c / "prior.json").read_bytes() == (a / "prior.json").read_bytes()
     assert not (tmp_path / "c.partial").exists()
 
 
