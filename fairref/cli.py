@@ -487,13 +487,41 @@ def _resume_blocks(partial: Path, inputs_hash: str, device) -> list:
     return [model.blocks[l] for l in range(done)]
 
 
+def _given_prior(args, settings):
+    """The --prior file, checked against the generation length it must cover."""
+    from fairref.fair import Prior
+
+    prior = Prior.load(args.prior)
+    if prior.pi.numel() != settings.gen_length:
+        raise ValueError(f"--prior {args.prior} covers {prior.pi.numel()} generation "
+                         f"positions but {args.model} generates gen_length = "
+                         f"{settings.gen_length}; probe this model again")
+    return prior
+
+
+def _write_calibrated(result, args) -> None:
+    """The quantized checkpoint of ``result`` at --out (atomic), with the prior it used."""
+    import tempfile
+
+    from fairref.models.quantized import save_quantized
+
+    # the wall time stays out of the checkpoint: same inputs and seed → the same bytes
+    desc = {k: v for k, v in result.description().items() if k != "seconds"}
+    with tempfile.TemporaryDirectory() as tmp:
+        prior_file = None
+        if result.prior is not None:  # the prior as the method used it (ablation applied)
+            prior_file = Path(tmp) / "prior.json"
+            result.prior.save(prior_file)
+        save_quantized(result.model, args.out, method=desc, prior_file=prior_file,
+                       source=args.model, overwrite=args.force)
+
+
 def _run_calibrate(args: argparse.Namespace) -> int:
     import shutil
-    import tempfile
 
     import torch
 
-    from fairref.fair import FlatConfig, Prior, get_method
+    from fairref.fair import FlatConfig, get_method
     from fairref.fair.pipeline import calibrate, prepare
     from fairref.models.quantized import save_quantized
     from fairref.progress import progress_bar
@@ -512,13 +540,7 @@ def _run_calibrate(args: argparse.Namespace) -> int:
     device = _device(args.device)
     teacher = _load_teacher(args.model, device)
     settings = _settings(args.model, teacher)
-    prior = None
-    if args.prior is not None:
-        prior = Prior.load(args.prior)
-        if prior.pi.numel() != settings.gen_length:
-            raise ValueError(f"--prior {args.prior} covers {prior.pi.numel()} generation "
-                             f"positions but {args.model} generates gen_length = "
-                             f"{settings.gen_length}; probe this model again")
+    prior = None if args.prior is None else _given_prior(args, settings)
     ps, ids, attn = _prompts(args, "train", device)
     inputs_hash = _inputs_hash(args, method, settings, ids, args.prior)
     resume_blocks = _resume_blocks(partial, inputs_hash, device) if args.resume else []
@@ -531,11 +553,12 @@ def _run_calibrate(args: argparse.Namespace) -> int:
                            rollouts=args.rollouts, seed=args.seed, attention_mask=attn)
     n_blocks = len(teacher.blocks)
     bar = progress_bar(range(n_blocks), desc=f"calibrate {method.name}", unit="block")
-    bar.update(len(resume_blocks))
 
     def on_block(l: int, model) -> None:
         bar.update(1)
-        if l + 1 < n_blocks:  # the last block's result is the checkpoint itself
+        # the partial run already holds resumed blocks; the last block's result is the
+        # checkpoint itself
+        if len(resume_blocks) <= l < n_blocks - 1:
             save_quantized(model, partial, overwrite=True, method={"partial": {
                 "blocks_done": l + 1, "inputs_hash": inputs_hash, "method": method.name}})
 
@@ -550,15 +573,7 @@ def _run_calibrate(args: argparse.Namespace) -> int:
         raise
     finally:
         bar.close()
-    # the wall time stays out of the checkpoint: same inputs and seed → the same bytes
-    desc = {k: v for k, v in result.description().items() if k != "seconds"}
-    with tempfile.TemporaryDirectory() as tmp:
-        prior_file = None
-        if result.prior is not None:  # the prior as the method used it (ablation applied)
-            prior_file = Path(tmp) / "prior.json"
-            result.prior.save(prior_file)
-        save_quantized(result.model, args.out, method=desc, prior_file=prior_file,
-                       source=args.model, overwrite=args.force)
+    _write_calibrated(result, args)
     shutil.rmtree(partial, ignore_errors=True)
     took = result.seconds + (data.seconds if data is not None else 0.0)
     resumed = f", resumed after block {len(resume_blocks)}" if resume_blocks else ""
@@ -605,7 +620,7 @@ def _run_eval(args: argparse.Namespace) -> int:
 
     from fairref.eval.run import evaluate
     from fairref.files import write_text_atomic
-    from fairref.models import load
+    from fairref.models import load, load_tokenizer
     from fairref.models.quantized import is_quantized_dir
 
     torch.manual_seed(args.seed)
@@ -628,8 +643,6 @@ def _run_eval(args: argparse.Namespace) -> int:
         name = q.name if q.name not in students else str(q)
         students[name] = student
     ps, ids, attn = _prompts(args, "heldout", device)
-    from fairref.models import load_tokenizer
-
     eos = load_tokenizer(args.model).eos_token_id
     result = evaluate(teacher, students, ids, settings, attention_mask=attn,
                       problems=ps.problems, decode=ps.decode, check=ps.check, eos_token_id=eos,

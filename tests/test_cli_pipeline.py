@@ -163,14 +163,22 @@ def test_resume_with_other_settings_is_refused(ckpt, tmp_path, monkeypatch, caps
 
 
 def test_calibrate_without_prior_stores_the_prior_probe_writes(ckpt, tmp_path):
-    """No --prior: a fair* method uses the prior Stage I computes on the same prompts and
-    seed, which is exactly the file `fairref probe` writes (and the one stored)."""
+    """`fairref probe` writes fairref.fair.estimate_prior's prior for the same prompts and
+    sampler. No --prior: a fair* method uses the prior Stage I computes on the same prompts
+    and seed, which is exactly that file (and the one stored in the checkpoint)."""
     model, prompts = ckpt
     assert main(["probe", "--model", str(model), "--prompts", str(prompts), "--out",
                  str(tmp_path / "prior.json"), "--save-traces", str(tmp_path / "tr")]) == 0
     assert _calibrate(ckpt, tmp_path / "q", "--method", "fair-gptq") == 0
-    assert (json.loads((tmp_path / "q" / "prior.json").read_text())
-            == json.loads((tmp_path / "prior.json").read_text()))
+    written = json.loads((tmp_path / "prior.json").read_text())
+    assert json.loads((tmp_path / "q" / "prior.json").read_text()) == written
+    from fairref.fair import estimate_prior
+    from fairref.prompts import load_prompts
+
+    ps = load_prompts(model, "train", prompts_file=prompts)
+    prior, _ = estimate_prior(load(model), ps.ids, SamplerSettings(**GEN),
+                              attention_mask=ps.attention_mask)
+    assert written == json.loads(json.dumps(prior.to_dict()))
     from fairref.diffusion import Trace
 
     [trace_file] = sorted((tmp_path / "tr").iterdir())
