@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Callable, Literal, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -170,7 +170,9 @@ def _weighted_mse(Y: Tensor, Yq: Tensor, w: Tensor | None) -> float:
 @torch.no_grad()
 def quantize_model(model, states: Tensor | None = None, weights: Tensor | None = None,
                    attention_mask: Tensor | None = None, config: CalibConfig = CalibConfig(),
-                   progress: Callable[[str], None] | None = None) -> CalibReport:
+                   progress: Callable[[str], None] | None = None, *,
+                   resume_blocks: Sequence[nn.Module] = (),
+                   on_block: Callable[[int, nn.Module], None] | None = None) -> CalibReport:
     """Quantize every linear inside ``model.blocks`` in place (SPEC §4.2).
 
     ``states``: (B, L) token ids of the calibration states (teacher states x_t for the
@@ -178,11 +180,21 @@ def quantize_model(model, states: Tensor | None = None, weights: Tensor | None =
     ``weights``: (B, L) non-negative per hidden-state row, or None for w ≡ 1.
     ``attention_mask``: (B, L) bool, True for real tokens; padded rows get weight 0.
     ``progress``: called with a one-line message after each block.
+
+    Resuming an interrupted run: ``resume_blocks`` are blocks 0..k−1 as an earlier run of
+    the same inputs and config quantized them (e.g. reloaded from a checkpoint saved by
+    ``on_block``). They are swapped in instead of being calibrated again; X^ℓ, Y^ℓ and L_ℓ
+    are recomputed by running them, which is deterministic, so the run continues to the
+    same bytes as an uninterrupted one. ``on_block(ℓ, model)`` is called after block ℓ is
+    final (the model then holds blocks 0..ℓ quantized, the rest still float).
     """
     if (config.solver != "rtn" or config.clip_search) and states is None:
         raise ValueError(f"states is required for solver={config.solver!r}"
                          f"{' with clip_search' if config.clip_search else ''} (calibration "
                          "data); use solver='rtn' for data-free quantization")
+    if len(resume_blocks) > len(model.blocks):
+        raise ValueError(f"resume_blocks has {len(resume_blocks)} blocks but the model only "
+                         f"{len(model.blocks)}; it comes from another model")
     w = weights
     if states is not None:
         if states.ndim != 2:
@@ -203,9 +215,13 @@ def quantize_model(model, states: Tensor | None = None, weights: Tensor | None =
     if states is not None:
         h_fp = model.embed(states)  # (B, L, d) teacher path
         h_q = h_fp.clone()  # (B, L, d) quantized path
-    for l, block in enumerate(model.blocks):
+    for l in range(len(model.blocks)):
+        block = model.blocks[l]
         Y = None if h_fp is None else model.run_block(l, h_fp, attention_mask)  # target Y^ℓ
-        if config.solver == "flat":
+        if l < len(resume_blocks):  # quantized by the interrupted run: swap it in
+            device = next(block.parameters()).device
+            model.blocks[l] = block = resume_blocks[l].to(device)
+        elif config.solver == "flat":
             X = h_fp if config.flat.fp_inputs else h_q  # FlatQuant's option: teacher inputs
             gptq = dict(percdamp=config.percdamp, blocksize=config.blocksize,
                         act_order=config.act_order)
@@ -213,7 +229,7 @@ def quantize_model(model, states: Tensor | None = None, weights: Tensor | None =
                 block, groups, lambda h, m: model.run_block(l, h, m), X, Y, w, attention_mask,
                 config.w_spec, config.a_spec, config.rotation, config.rotation_seed,
                 config.flat, gptq=gptq)
-        for group in groups if config.solver != "flat" else []:
+        for group in groups if config.solver != "flat" and l >= len(resume_blocks) else []:
             xs = {}
             if config.solver == "gptq" or config.clip_search:
                 xs = _capture_inputs(block, group,
@@ -235,4 +251,6 @@ def quantize_model(model, states: Tensor | None = None, weights: Tensor | None =
         if progress is not None:
             loss = f", L_ℓ = {report.block_loss[-1]:.4g}" if report.block_loss else ""
             progress(f"block {l + 1}/{len(model.blocks)} quantized ({config.solver}){loss}")
+        if on_block is not None:
+            on_block(l, model)
     return report

@@ -117,12 +117,15 @@ class Calibrated:
 
 def calibrate(teacher, method: str | Method, data: CalibData | None = None, *,
               prior: Prior | None = None, w_bits: int = 4, a_bits: int = 4,
-              flat: FlatConfig = FlatConfig(), seed: int = 0, progress=None) -> Calibrated:
+              flat: FlatConfig = FlatConfig(), seed: int = 0, progress=None,
+              resume_blocks=(), on_block=None) -> Calibrated:
     """A quantized copy of ``teacher`` by ``method`` (the teacher is left untouched).
 
     ``data`` from :func:`prepare` is required unless the method is data-free (RTN);
     ``prior`` overrides ``data.prior`` (e.g. one loaded from a file). ``seed`` seeds the
-    flat solver's batch order and the shuffled-prior control.
+    flat solver's batch order and the shuffled-prior control. ``resume_blocks`` and
+    ``on_block`` are passed to :func:`~fairref.fair.calibrate.quantize_model` (resuming an
+    interrupted run, saving progress after each block).
     """
     m = get_method(method) if isinstance(method, str) else method
     if m.needs_data and data is None:
@@ -137,7 +140,8 @@ def calibrate(teacher, method: str | Method, data: CalibData | None = None, *,
     t0 = time.perf_counter()
     p = None
     if not m.needs_data:
-        report = quantize_model(model, config=cfg, progress=progress)
+        report = quantize_model(model, config=cfg, progress=progress,
+                                resume_blocks=resume_blocks, on_block=on_block)
     else:
         states = data.masked if m.data == "masked" else data.plain
         w = None
@@ -150,7 +154,8 @@ def calibrate(teacher, method: str | Method, data: CalibData | None = None, *,
                                  "same gen_length")
             w = token_weights(p, states, logit_shift=teacher.logit_shift)
         report = quantize_model(model, states.ids, w, states.attention_mask, cfg,
-                                progress=progress)
+                                progress=progress, resume_blocks=resume_blocks,
+                                on_block=on_block)
     bad = [n for n, t in model.state_dict().items()
            if t.is_floating_point() and not torch.isfinite(t).all()]
     if bad:
