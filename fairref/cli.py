@@ -506,7 +506,7 @@ def _write_calibrated(result, args) -> None:
     from fairref.models.quantized import save_quantized
 
     # the wall time stays out of the checkpoint: same inputs and seed → the same bytes
-    desc = {k: v for k, v in result.description().items() if k != "seconds"}
+    desc = result.description()
     with tempfile.TemporaryDirectory() as tmp:
         prior_file = None
         if result.prior is not None:  # the prior as the method used it (ablation applied)

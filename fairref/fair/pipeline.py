@@ -102,7 +102,8 @@ class Calibrated:
     info: dict = field(default_factory=dict)
 
     def description(self) -> dict:
-        """JSON-able record of the method and solver settings (stored in checkpoints)."""
+        """JSON-able record of the method and solver settings (stored in checkpoints; no
+        wall time, so the same inputs and seed give the same bytes)."""
         c = self.config
         return {"name": self.method.name, "solver": c.solver, "data": self.method.data,
                 "weights": self.method.weights, "rotation": c.rotation,
@@ -111,7 +112,7 @@ class Calibrated:
                 "flat": dataclasses.asdict(c.flat) if c.solver == "flat" else None,
                 "gptq": {"percdamp": c.percdamp, "blocksize": c.blocksize,
                          "act_order": c.act_order} if c.solver == "gptq" else None,
-                "block_loss": self.report.block_loss, "seconds": round(self.seconds, 2),
+                "block_loss": self.report.block_loss,
                 **self.info}
 
 
