@@ -11,8 +11,10 @@ switches that compose with each:
 - *weights*: ``"uniform"`` (w ≡ 1) or ``"prior"`` (the Stage I prior, §3.4), with the prior
   knobs the ablations change (λ, γ, a shuffled π).
 
-Rotation (a per-linear Hadamard, §1) and SmoothQuant are switches; their defaults are
-stated with each preset. Methods on one data axis share the same states, so only w and the
+Rotation (a per-linear Hadamard, §1) is a switch; its default is stated with each preset.
+SmoothQuant (α = ½, ``fairref.quant.smooth``) enters through the flat solver, whose ζ it
+initializes (and which learns ζ further); a SmoothQuant switch on the RTN / GPTQ paths is
+not wired yet. Methods on one data axis share the same states, so only w and the
 solver differ between them, which keeps every comparison and ablation exact (§4.2).
 """
 
@@ -31,7 +33,6 @@ class Method:
     data: Literal["none", "plain", "masked"]
     weights: Literal["uniform", "prior"] = "uniform"
     rotation: Literal["hadamard"] | None = "hadamard"  # per-linear rotation (§1)
-    smooth: bool = False  # SmoothQuant ζ (α = ½) folded before quantization (§4.4)
     lam: float | None = None  # prior's λ override (None: the prior's own, ½ by default)
     gamma: float | None = None  # frontier emphasis γ override (None: the default, 1)
     shuffled: bool = False  # π permuted over positions with a fixed seed (a control)
