@@ -8,7 +8,9 @@ teacher's final RMSNorm and head, which quantization leaves in floating point (S
 so z = W·RMSNorm_g(h) and z + δ = W·RMSNorm_g(h + Δh) exactly as T2 assumes.
 
 Returned per candidate slot (i ∈ M_t ∩ A_t of every state), all float64:
-KL, the T1 bounds and second-order term, the T2 bound and constant, the flip indicator
+KL, the T1 bounds and second-order term, the two sides of the T1″ certificate with its
+V = Var_p(δ), r₊, r₋ and the reverse KL(q ‖ p), the Fisher form ½ Var_p(J Δh) (J the
+Jacobian of the logits in the final hidden state: T2's quadratic term), the T2 bound and constant, the flip indicator
 with its T4 / T4′ terms (on logits and lifted to hidden states), the frontier flag
 i ∈ F_t; and per step (k_t > 0) the T4s set-flip indicator and bound.
 
@@ -24,8 +26,23 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from fairref.bounds import flip_bounds, hidden_lift_bound, kl_logit_bound, rms_norm, set_flip_bound, spectral_norm
+from fairref.bounds import (flip_bounds, hidden_lift_bound, kl_certificate, kl_divergence,
+                            kl_logit_bound, rms_norm, set_flip_bound, spectral_norm)
 from fairref.diffusion.trace import Trace
+
+
+def _fisher_form(h: Tensor, dh: Tensor, W: Tensor, g: Tensor, eps: float, p: Tensor) -> Tensor:
+    """½ Δhᵀ Jᵀ Cov_p J Δh = ½ Var_p(J Δh), J = ∂z/∂h of z = W · RMSNorm_g(h): (n, d) → (n,).
+
+    J Δh = W (g ⊙ (Δh − h ⟨h, Δh⟩/(d r²)) / r), r = r(h) (the RMSNorm Jacobian applied to Δh);
+    Cov_p = diag(p) − p pᵀ, so the form is half the variance of J Δh under p.
+    """
+    d = h.shape[-1]
+    r2 = (h * h).mean(-1, keepdim=True) + eps  # (n, 1) r(h)²
+    u = (dh - h * (h * dh).sum(-1, keepdim=True) / (d * r2)) / r2.sqrt()  # (n, d)
+    Jdh = (g * u) @ W.T  # (n, V)
+    mean = (p * Jdh).sum(-1, keepdim=True)
+    return 0.5 * (p * (Jdh - mean) ** 2).sum(-1)
 
 
 def _final_hidden(model, x: Tensor, attention_mask: Tensor | None) -> Tensor:
@@ -38,7 +55,8 @@ def _final_hidden(model, x: Tensor, attention_mask: Tensor | None) -> Tensor:
 
 @torch.no_grad()
 def bounds_on_trace(teacher, student, trace: Trace, batch_size: int = 256,
-                    confidence: str = "top1_prob") -> dict[str, Tensor]:
+                    confidence: str = "top1_prob", keep_logits: bool = False
+                    ) -> dict[str, Tensor]:
     """Evaluate T1, T2, T4, T4′ per candidate slot and T4s per step on ``trace``'s states.
 
     ``teacher`` and ``student`` share the architecture and the (full-precision) final norm
@@ -72,13 +90,20 @@ def bounds_on_trace(teacher, student, trace: Trace, batch_size: int = 256,
         t1 = kl_logit_bound(z[c], delta[c])  # per slot (n_b,)
         t2 = hidden_lift_bound(h[c], dh[c], W, g, eps, W_norm=W_norm)
         fl = flip_bounds(z[c], delta[c])
+        cert = kl_certificate(z[c], delta[c])  # T1″
+        W64, g64 = W.to(torch.float64), g.to(torch.float64)
+        fisher = _fisher_form(h[c], dh[c], W64, g64, eps, torch.softmax(z[c], -1))
         lifted = torch.where(fl.m > 0, 2 * t2.L**2 * (dh[c] ** 2).sum(-1) / fl.m**2,
                              torch.ones_like(fl.m)).clamp(max=1.0)
         put(slots, kl=t1.measured, t1_l2=t1.bound_l2, t1_range=t1.bound_range,
             second_order=t1.second_order, t2_bound=t2.bound, t2_L=t2.L,
             t2_bound_global=t2.bound_global, flipped=fl.flipped, g=fl.g, m=fl.m, t4=fl.t4,
             t4_prime=fl.t4_prime, t4_via_t1=fl.t4_via_t1, t4_prime_hidden=lifted, frontier=frontier[sl][c],
-            dh2=(dh[c] ** 2).sum(-1))
+            dh2=(dh[c] ** 2).sum(-1), t1pp_lower=cert.lower, t1pp_upper=cert.upper,
+            t1pp_kl=cert.kl, var_p=cert.var, r_plus=cert.r_plus, r_minus=cert.r_minus,
+            kl_reverse=kl_divergence(z[c] + delta[c], z[c]), fisher=fisher)
+        if keep_logits:
+            put(slots, z=z[c], delta=delta[c])
         # T4s per state: confidences over the L slots, −inf outside M_t ∩ A_t
         p_t = torch.softmax(z, -1)  # (b, L, V)
         p_s = torch.softmax(z + delta, -1)
