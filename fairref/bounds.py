@@ -7,7 +7,8 @@ that a test or a ``paper_repro`` script checks ``measured <= bound`` in one line
 - T1 (theory/T1_logit_bound.md)      :func:`kl_logit_bound`
 - T1″ (theory/T1pp_two_sided_certificate.md) :func:`kl_certificate`, :func:`psi`,
   :func:`kl_divergence_log1p`
-- T2 (theory/T2_hidden_state_lift.md) :func:`hidden_lift_bound`, :func:`lift_constant`
+- T2 (theory/T2_hidden_state_lift.md) :func:`hidden_lift_bound`, :func:`lift_constant`,
+  :func:`fisher_form` (its second-order term, for the surrogate's correlations)
 - T3 (theory/T3_surrogate.md)        :func:`surrogate_bound`, :func:`inner_surrogate_weights`
 - T4, T4′ (theory/T4_frontier_flips.md) :func:`flip_bounds`
 - T4s (theory/T4_frontier_flips.md)  :func:`set_flip_bound`
@@ -324,6 +325,25 @@ def hidden_lift_bound(
     dh2 = (dh * dh).sum(-1)  # (...) ‖Δh‖²
     L_glob = W_norm * g_inf / eps**0.5
     return LiftResult(kl_divergence(z, z_q), 0.25 * L * L * dh2, L, 0.25 * L_glob**2 * dh2)
+
+
+def fisher_form(h: Tensor, dh: Tensor, W: Tensor, g: Tensor, eps: float) -> Tensor:
+    """½ Δhᵀ Jᵀ Cov_p J Δh = ½ Var_p(J Δh), J = ∂z/∂h of z = W · RMSNorm_g(h), per position.
+
+    ``(..., d), (..., d) -> (...)``, p = softmax(z). The second-order term of the KL in Δh
+    (T1's ½ Var_p(δ) with δ linearized, δ ≈ J Δh): what T2 bounds by ¼ L²‖Δh‖² and what a
+    Fisher-weighted objective would minimize. J Δh = W (g ⊙ (Δh − h ⟨h, Δh⟩/(d r²)) / r),
+    r = r(h), the RMSNorm Jacobian applied to Δh; Cov_p = diag(p) − p pᵀ.
+    """
+    h, dh, W, g = _f64(h, "h"), _f64(dh, "dh"), _f64(W, "W"), _f64(g, "g")
+    _check_head(h, W, g, eps)
+    d = h.shape[-1]
+    r2 = (h * h).mean(-1, keepdim=True) + eps  # (..., 1) r(h)²
+    u = (dh - h * (h * dh).sum(-1, keepdim=True) / (d * r2)) / r2.sqrt()  # (..., d)
+    Jdh = (g * u) @ W.T  # (..., V)
+    p = torch.softmax(rms_norm(h, g, eps) @ W.T, dim=-1)  # (..., V)
+    mean = (p * Jdh).sum(-1, keepdim=True)
+    return 0.5 * (p * (Jdh - mean) ** 2).sum(-1)
 
 
 # --------------------------------------------------------------------------------- T3

@@ -26,23 +26,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from fairref.bounds import (flip_bounds, hidden_lift_bound, kl_certificate, kl_divergence,
-                            kl_logit_bound, rms_norm, set_flip_bound, spectral_norm)
+from fairref.bounds import (fisher_form, flip_bounds, hidden_lift_bound, kl_certificate,
+                            kl_divergence, kl_logit_bound, rms_norm, set_flip_bound,
+                            spectral_norm)
 from fairref.diffusion.trace import Trace
-
-
-def _fisher_form(h: Tensor, dh: Tensor, W: Tensor, g: Tensor, eps: float, p: Tensor) -> Tensor:
-    """½ Δhᵀ Jᵀ Cov_p J Δh = ½ Var_p(J Δh), J = ∂z/∂h of z = W · RMSNorm_g(h): (n, d) → (n,).
-
-    J Δh = W (g ⊙ (Δh − h ⟨h, Δh⟩/(d r²)) / r), r = r(h) (the RMSNorm Jacobian applied to Δh);
-    Cov_p = diag(p) − p pᵀ, so the form is half the variance of J Δh under p.
-    """
-    d = h.shape[-1]
-    r2 = (h * h).mean(-1, keepdim=True) + eps  # (n, 1) r(h)²
-    u = (dh - h * (h * dh).sum(-1, keepdim=True) / (d * r2)) / r2.sqrt()  # (n, d)
-    Jdh = (g * u) @ W.T  # (n, V)
-    mean = (p * Jdh).sum(-1, keepdim=True)
-    return 0.5 * (p * (Jdh - mean) ** 2).sum(-1)
 
 
 def _final_hidden(model, x: Tensor, attention_mask: Tensor | None) -> Tensor:
@@ -91,8 +78,7 @@ def bounds_on_trace(teacher, student, trace: Trace, batch_size: int = 256,
         t2 = hidden_lift_bound(h[c], dh[c], W, g, eps, W_norm=W_norm)
         fl = flip_bounds(z[c], delta[c])
         cert = kl_certificate(z[c], delta[c])  # T1″
-        W64, g64 = W.to(torch.float64), g.to(torch.float64)
-        fisher = _fisher_form(h[c], dh[c], W64, g64, eps, torch.softmax(z[c], -1))
+        fisher = fisher_form(h[c], dh[c], W, g, eps)
         lifted = torch.where(fl.m > 0, 2 * t2.L**2 * (dh[c] ** 2).sum(-1) / fl.m**2,
                              torch.ones_like(fl.m)).clamp(max=1.0)
         put(slots, kl=t1.measured, t1_l2=t1.bound_l2, t1_range=t1.bound_range,
