@@ -10,7 +10,8 @@ so z = W·RMSNorm_g(h) and z + δ = W·RMSNorm_g(h + Δh) exactly as T2 assumes.
 Returned per candidate slot (i ∈ M_t ∩ A_t of every state), all float64:
 KL, the T1 bounds and second-order term, the two sides of the T1″ certificate with its
 V = Var_p(δ), r₊, r₋ and the reverse KL(q ‖ p), the Fisher form ½ Var_p(J Δh) (J the
-Jacobian of the logits in the final hidden state: T2's quadratic term), the T2 bound and constant, the flip indicator
+Jacobian of the logits in the final hidden state: T2's quadratic term), ‖Δh^ℓ‖² after every
+block ℓ (the per-slot terms of the Stage II objective L_ℓ, SPEC §4.2), the T2 bound and constant, the flip indicator
 with its T4 / T4′ terms (on logits and lifted to hidden states), the frontier flag
 i ∈ F_t; and per step (k_t > 0) the T4s set-flip indicator and bound.
 
@@ -32,11 +33,11 @@ from fairref.bounds import (fisher_form, flip_bounds, hidden_lift_bound, kl_cert
 from fairref.diffusion.trace import Trace
 
 
-def _final_hidden(model, x: Tensor, attention_mask: Tensor | None) -> Tensor:
-    """(S, L) → (S, L, d): the last block's output, rows aligned to predicted positions."""
-    h = model.forward_hidden(x, attention_mask)[-1].to(torch.float64)
+def _block_outputs(model, x: Tensor, attention_mask: Tensor | None) -> Tensor:
+    """(S, L) → (N, S, L, d): every block's output, rows aligned to predicted positions."""
+    h = torch.stack(model.forward_hidden(x, attention_mask)[1:]).to(torch.float64)
     if model.logit_shift:
-        h = torch.cat([h[:, :1], h[:, :-1]], dim=1)  # row i now predicts position i
+        h = torch.cat([h[:, :, :1], h[:, :, :-1]], dim=2)  # row i now predicts position i
     return h
 
 
@@ -69,8 +70,9 @@ def bounds_on_trace(teacher, student, trace: Trace, batch_size: int = 256,
     for s0 in range(0, T * B, batch_size):
         sl = slice(s0, s0 + batch_size)
         mask_b = None if am is None else am[sl]
-        h = _final_hidden(teacher, x[sl], mask_b)  # (b, L, d)
-        dh = _final_hidden(student, x[sl], mask_b) - h  # (b, L, d)
+        hs = _block_outputs(teacher, x[sl], mask_b)  # (N, b, L, d)
+        dhs = _block_outputs(student, x[sl], mask_b) - hs  # (N, b, L, d)
+        h, dh = hs[-1], dhs[-1]  # (b, L, d) the final hidden state and its error
         z = rms_norm(h, g, eps) @ W.T.to(torch.float64)  # (b, L, V) teacher logits
         delta = rms_norm(h + dh, g, eps) @ W.T.to(torch.float64) - z  # (b, L, V)
         c = cand[sl]  # (b, L)
@@ -87,7 +89,8 @@ def bounds_on_trace(teacher, student, trace: Trace, batch_size: int = 256,
             t4_prime=fl.t4_prime, t4_via_t1=fl.t4_via_t1, t4_prime_hidden=lifted, frontier=frontier[sl][c],
             dh2=(dh[c] ** 2).sum(-1), t1pp_lower=cert.lower, t1pp_upper=cert.upper,
             t1pp_kl=cert.kl, var_p=cert.var, r_plus=cert.r_plus, r_minus=cert.r_minus,
-            kl_reverse=kl_divergence(z[c] + delta[c], z[c]), fisher=fisher)
+            kl_reverse=kl_divergence(z[c] + delta[c], z[c]), fisher=fisher,
+            dh2_blocks=(dhs[:, c] ** 2).sum(-1).T)  # (n_b, N) ‖Δh^ℓ‖² after block ℓ
         if keep_logits:
             put(slots, z=z[c], delta=delta[c])
         # T4s per state: confidences over the L slots, −inf outside M_t ∩ A_t
