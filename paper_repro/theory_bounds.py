@@ -264,10 +264,12 @@ def table(results: dict, ranking: dict, block_losses: dict, env: dict) -> str:
         "kernels, MKL_CBWR=COMPATIBLE; see the script's docstring), and `--check` recomputes "
         "and compares. Rounding decides the flip counts through W4A4's activation rounding "
         "and GPTQ's solve: unpinned, at the `--quick` size (8 problems per task), moving "
-        "between 1 and 2 threads or between ATen's AVX2 and AVX-512 kernels changed GPTQ's "
-        "flip count on LLaDA from 27 to 31 of ~2300 slots (RTN's stayed put) — the spread to "
-        "expect when the pins are overridden. Under the pins, runs with MKL's AVX2 and "
-        "AVX-512 code paths and repeated runs agreed bit for bit.",
+        "between 1 and 2 threads and between ATen's AVX2, AVX-512 and portable kernels gave "
+        "GPTQ flip counts of 27, 27, 31 and 34 on LLaDA (of 2304 slots) and 4, 6, 3 and 5 on "
+        "Dream (of 2528), while RTN's stayed at 30 and 7 — the spread to expect when the pins "
+        "are overridden (GPTQ quantizes each weight once, so one rounding flip in its inputs "
+        "changes the model). Under the pins, runs with MKL's AVX2 and AVX-512 code paths and "
+        "repeated runs agreed bit for bit.",
         "",
         "## What the surrogate predicts",
         "",
