@@ -366,7 +366,9 @@ def test_T1pp_bounds_check_kl_inside_the_certificate_on_every_real_slot(toy_w4a4
     assert r["kl"].numel() > 100 and (r["kl"] > 0).all()
     assert_inside_certificate(r["kl"], r["z"], r["delta"])
     c = kl_certificate(r["z"], r["delta"])
-    assert torch.equal(c.lower, r["t1pp_lower"]) and torch.equal(c.upper, r["t1pp_upper"])
+    # same rows, batched differently: equal up to the reduction order within a row
+    assert torch.allclose(c.lower, r["t1pp_lower"], rtol=1e-13, atol=0)
+    assert torch.allclose(c.upper, r["t1pp_upper"], rtol=1e-13, atol=0)
 
 
 @pytest.mark.slow
