@@ -12,9 +12,11 @@ block) of every held-out teacher state is checked against T1, T1″, T2, T3, T4,
 - theory_bounds.png   per model and method, how many orders of magnitude each bound is off
 
 Run: python paper_repro/theory_bounds.py [--quick] [--check]
-Runtime: about 6 minutes on one core of an idle machine (one thread, pinned below); twice
-that on a shared 2-core machine. ``--check`` recomputes and compares with the committed
-JSON (counts exactly, every other number to a relative 1e-9), writing nothing.
+Runtime (measured): 8.9 minutes for the full run, 5–7 minutes for ``--quick``, on a 2-core
+AMD EPYC shared with other jobs (load 4–7; one thread, pinned below; the run is
+dominated by the calibration and the teacher-forced forward passes). The unpinned
+2-thread run took 2–3 minutes alone. ``--check`` recomputes and compares with the
+committed JSON (counts exactly, every other number to a relative 1e-9), writing nothing.
 
 Reproducibility: the numbers depend on float32 summation order, through GPTQ's solve and
 the activation rounding of W4A4 (a rounding decision flipped by one ulp changes a weight
