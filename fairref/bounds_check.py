@@ -8,12 +8,15 @@ teacher's final RMSNorm and head, which quantization leaves in floating point (S
 so z = W·RMSNorm_g(h) and z + δ = W·RMSNorm_g(h + Δh) exactly as T2 assumes.
 
 Returned per candidate slot (i ∈ M_t ∩ A_t of every state), all float64:
-KL, the T1 bounds and second-order term, the two sides of the T1″ certificate with its
-V = Var_p(δ), r₊, r₋ and the reverse KL(q ‖ p), the Fisher form ½ Var_p(J Δh) (J the
-Jacobian of the logits in the final hidden state: T2's quadratic term), ‖Δh^ℓ‖² after every
-block ℓ (the per-slot terms of the Stage II objective L_ℓ, SPEC §4.2), the T2 bound and constant, the flip indicator
+KL, the T1 bounds and second-order term, the T2 bound and constant, the flip indicator
 with its T4 / T4′ terms (on logits and lifted to hidden states), the frontier flag
 i ∈ F_t; and per step (k_t > 0) the T4s set-flip indicator and bound.
+
+Also per candidate slot (additive to the list above): the two sides of the T1″ certificate
+with its V = Var_p(δ), r₊, r₋ and the stable KL, the reverse KL(q ‖ p), and the Fisher form
+½ Var_p(J Δh) (J the Jacobian of the logits in the final hidden state: T2's quadratic
+term). :func:`block_errors_on_trace` gives ‖Δh^ℓ‖² after every block ℓ at the same slots
+(the per-slot terms of the Stage II objective L_ℓ, SPEC §4.2).
 
 Position mapping: logits at position i come from hidden row i − logit_shift (Dream
 predicts i from i − 1), so every quantity is indexed by the position it predicts.
@@ -27,29 +30,29 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from fairref.bounds import (fisher_form, flip_bounds, hidden_lift_bound, kl_certificate,
-                            kl_divergence, kl_logit_bound, rms_norm, set_flip_bound,
-                            spectral_norm)
+from fairref.bounds import flip_bounds, hidden_lift_bound, kl_logit_bound, rms_norm, set_flip_bound, spectral_norm
+from fairref.bounds import fisher_form, kl_certificate, kl_divergence
 from fairref.diffusion.trace import Trace
 
 
-def _block_outputs(model, x: Tensor, attention_mask: Tensor | None) -> Tensor:
-    """(S, L) → (N, S, L, d): every block's output, rows aligned to predicted positions."""
-    h = torch.stack(model.forward_hidden(x, attention_mask)[1:]).to(torch.float64)
+def _final_hidden(model, x: Tensor, attention_mask: Tensor | None) -> Tensor:
+    """(S, L) → (S, L, d): the last block's output, rows aligned to predicted positions."""
+    h = model.forward_hidden(x, attention_mask)[-1].to(torch.float64)
     if model.logit_shift:
-        h = torch.cat([h[:, :, :1], h[:, :, :-1]], dim=2)  # row i now predicts position i
+        h = torch.cat([h[:, :1], h[:, :-1]], dim=1)  # row i now predicts position i
     return h
 
 
 @torch.no_grad()
 def bounds_on_trace(teacher, student, trace: Trace, batch_size: int = 256,
-                    confidence: str = "top1_prob", keep_logits: bool = False
-                    ) -> dict[str, Tensor]:
+                    confidence: str = "top1_prob", keep_logits: bool = False) -> dict[str, Tensor]:
     """Evaluate T1, T2, T4, T4′ per candidate slot and T4s per step on ``trace``'s states.
 
     ``teacher`` and ``student`` share the architecture and the (full-precision) final norm
     and head; ``confidence`` is the sampler's score for T4s (``"top1_prob"`` for LLaDA
-    ``low_confidence`` and Dream ``maskgit_plus``).
+    ``low_confidence`` and Dream ``maskgit_plus``). ``keep_logits=True`` also returns the
+    slots' teacher logits ``z`` and perturbations ``delta`` (n, V), for checking other KL
+    computations against T1″.
     """
     norm, head = teacher.final_norm_and_head()
     W, g, eps = head.weight.detach(), norm.weight.detach(), float(norm.eps)
@@ -70,27 +73,26 @@ def bounds_on_trace(teacher, student, trace: Trace, batch_size: int = 256,
     for s0 in range(0, T * B, batch_size):
         sl = slice(s0, s0 + batch_size)
         mask_b = None if am is None else am[sl]
-        hs = _block_outputs(teacher, x[sl], mask_b)  # (N, b, L, d)
-        dhs = _block_outputs(student, x[sl], mask_b) - hs  # (N, b, L, d)
-        h, dh = hs[-1], dhs[-1]  # (b, L, d) the final hidden state and its error
+        h = _final_hidden(teacher, x[sl], mask_b)  # (b, L, d)
+        dh = _final_hidden(student, x[sl], mask_b) - h  # (b, L, d)
         z = rms_norm(h, g, eps) @ W.T.to(torch.float64)  # (b, L, V) teacher logits
         delta = rms_norm(h + dh, g, eps) @ W.T.to(torch.float64) - z  # (b, L, V)
         c = cand[sl]  # (b, L)
         t1 = kl_logit_bound(z[c], delta[c])  # per slot (n_b,)
         t2 = hidden_lift_bound(h[c], dh[c], W, g, eps, W_norm=W_norm)
         fl = flip_bounds(z[c], delta[c])
-        cert = kl_certificate(z[c], delta[c])  # T1″
-        fisher = fisher_form(h[c], dh[c], W, g, eps)
         lifted = torch.where(fl.m > 0, 2 * t2.L**2 * (dh[c] ** 2).sum(-1) / fl.m**2,
                              torch.ones_like(fl.m)).clamp(max=1.0)
         put(slots, kl=t1.measured, t1_l2=t1.bound_l2, t1_range=t1.bound_range,
             second_order=t1.second_order, t2_bound=t2.bound, t2_L=t2.L,
             t2_bound_global=t2.bound_global, flipped=fl.flipped, g=fl.g, m=fl.m, t4=fl.t4,
             t4_prime=fl.t4_prime, t4_via_t1=fl.t4_via_t1, t4_prime_hidden=lifted, frontier=frontier[sl][c],
-            dh2=(dh[c] ** 2).sum(-1), t1pp_lower=cert.lower, t1pp_upper=cert.upper,
-            t1pp_kl=cert.kl, var_p=cert.var, r_plus=cert.r_plus, r_minus=cert.r_minus,
-            kl_reverse=kl_divergence(z[c] + delta[c], z[c]), fisher=fisher,
-            dh2_blocks=(dhs[:, c] ** 2).sum(-1).T)  # (n_b, N) ‖Δh^ℓ‖² after block ℓ
+            dh2=(dh[c] ** 2).sum(-1))
+        cert = kl_certificate(z[c], delta[c])  # T1″: lower ≤ KL ≤ upper
+        put(slots, t1pp_lower=cert.lower, t1pp_upper=cert.upper, t1pp_kl=cert.kl,
+            var_p=cert.var, r_plus=cert.r_plus, r_minus=cert.r_minus,
+            kl_reverse=kl_divergence(z[c] + delta[c], z[c]),
+            fisher=fisher_form(h[c], dh[c], W, g, eps))
         if keep_logits:
             put(slots, z=z[c], delta=delta[c])
         # T4s per state: confidences over the L slots, −inf outside M_t ∩ A_t
@@ -112,3 +114,25 @@ def bounds_on_trace(teacher, student, trace: Trace, batch_size: int = 256,
     out = {key: torch.cat(v) for key, v in slots.items()}
     out.update({key: torch.cat(v) for key, v in steps.items()})
     return out
+
+
+@torch.no_grad()
+def block_errors_on_trace(teacher, student, trace: Trace, batch_size: int = 256) -> Tensor:
+    """‖Δh^ℓ‖² after every block ℓ at the candidate slots of ``trace``: (n, N), rows in the
+    slot order of :func:`bounds_on_trace`, from the hidden row that predicts each slot
+    (Dream: i − 1). Both models run on the same teacher states x_t."""
+    T, B, L = trace.x.shape
+    x = trace.x.reshape(T * B, L)  # (S, L)
+    cand = (trace.masked & trace.active).reshape(T * B, L)  # (S, L) M_t ∩ A_t
+    am = None if trace.attention_mask is None else trace.attention_mask.repeat(T, 1)
+    out = []
+    for s0 in range(0, T * B, batch_size):
+        sl = slice(s0, s0 + batch_size)
+        mask_b = None if am is None else am[sl]
+        hs = [torch.stack(m.forward_hidden(x[sl], mask_b)[1:]).to(torch.float64)
+              for m in (teacher, student)]  # (N, b, L, d) each: block outputs 1..N
+        dhs = hs[1] - hs[0]
+        if teacher.logit_shift:
+            dhs = torch.cat([dhs[:, :, :1], dhs[:, :, :-1]], dim=2)  # row i predicts i
+        out.append((dhs[:, cand[sl]] ** 2).sum(-1).T)  # (n_b, N)
+    return torch.cat(out)

@@ -51,7 +51,7 @@ from scipy.stats import spearmanr
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from fairref.bounds_check import bounds_on_trace
+from fairref.bounds_check import block_errors_on_trace, bounds_on_trace
 from fairref.diffusion import dream_generate, llada_generate
 from fairref.fair import CalibConfig, quantize_model
 from fairref.models import DreamModel, load
@@ -446,6 +446,7 @@ def run(models_dir: Path) -> tuple[dict, dict, dict]:
             student = copy.deepcopy(teacher)
             report = quantize_model(student, states, config=cfg)
             r = bounds_on_trace(teacher, student, trace)
+            r["dh2_blocks"] = block_errors_on_trace(teacher, student, trace)  # (n, N)
             results[(name, meth)] = summarize(r)
             block_losses[(name, meth)] = report.block_loss
             points[(name, meth)] = r
