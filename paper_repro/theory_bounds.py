@@ -12,8 +12,9 @@ block) of every held-out teacher state is checked against T1, T1″, T2, T3, T4,
 - theory_bounds.png   per model and method, how many orders of magnitude each bound is off
 
 Run: python paper_repro/theory_bounds.py [--quick] [--check]
-Runtime (measured): 8.9 minutes for the full run, 5–7 minutes for ``--quick``, on a 2-core
-AMD EPYC shared with other jobs (load 4–7; one thread, pinned below; the run is
+Runtime (measured): 8.9 minutes for the full run (20 minutes for a ``--check`` at load 7),
+5–7 minutes for ``--quick``, on a 2-core AMD EPYC shared with other jobs (load 4–7; one
+thread, pinned below; the run is
 dominated by the calibration and the teacher-forced forward passes). The unpinned
 2-thread run took 2–3 minutes alone. ``--check`` recomputes and compares with the
 committed JSON (counts exactly, every other number to a relative 1e-9), writing nothing.
