@@ -12,6 +12,12 @@ KL, the T1 bounds and second-order term, the T2 bound and constant, the flip ind
 with its T4 / T4′ terms (on logits and lifted to hidden states), the frontier flag
 i ∈ F_t; and per step (k_t > 0) the T4s set-flip indicator and bound.
 
+Also per candidate slot (additive to the list above): the two sides of the T1″ certificate
+with its V = Var_p(δ), r₊, r₋ and the stable KL, the reverse KL(q ‖ p), and the Fisher form
+½ Var_p(J Δh) (J the Jacobian of the logits in the final hidden state: T2's quadratic
+term). :func:`block_errors_on_trace` gives ‖Δh^ℓ‖² after every block ℓ at the same slots
+(the per-slot terms of the Stage II objective L_ℓ, SPEC §4.2).
+
 Position mapping: logits at position i come from hidden row i − logit_shift (Dream
 predicts i from i − 1), so every quantity is indexed by the position it predicts.
 
@@ -25,18 +31,21 @@ import torch
 from torch import Tensor
 
 from fairref.bounds import flip_bounds, hidden_lift_bound, kl_logit_bound, rms_norm, set_flip_bound, spectral_norm
+from fairref.bounds import fisher_form, kl_certificate, kl_divergence
 from fairref.diffusion.trace import Trace
 from fairref.eval.teacher_forced import iter_trace_states
 
 
 @torch.no_grad()
 def bounds_on_trace(teacher, student, trace: Trace, batch_size: int = 256,
-                    confidence: str = "top1_prob") -> dict[str, Tensor]:
+                    confidence: str = "top1_prob", keep_logits: bool = False) -> dict[str, Tensor]:
     """Evaluate T1, T2, T4, T4′ per candidate slot and T4s per step on ``trace``'s states.
 
     ``teacher`` and ``student`` share the architecture and the (full-precision) final norm
     and head; ``confidence`` is the sampler's score for T4s (``"top1_prob"`` for LLaDA
-    ``low_confidence`` and Dream ``maskgit_plus``).
+    ``low_confidence`` and Dream ``maskgit_plus``). ``keep_logits=True`` also returns the
+    slots' teacher logits ``z`` and perturbations ``delta`` (n, V), for checking other KL
+    computations against T1″.
     """
     norm, head = teacher.final_norm_and_head()
     W, g, eps = head.weight.detach(), norm.weight.detach(), float(norm.eps)
@@ -67,6 +76,13 @@ def bounds_on_trace(teacher, student, trace: Trace, batch_size: int = 256,
             t2_bound_global=t2.bound_global, flipped=fl.flipped, g=fl.g, m=fl.m, t4=fl.t4,
             t4_prime=fl.t4_prime, t4_via_t1=fl.t4_via_t1, t4_prime_hidden=lifted, frontier=sb.committed[c],
             dh2=(dh[c] ** 2).sum(-1))
+        cert = kl_certificate(z[c], delta[c])  # T1″: lower ≤ KL ≤ upper
+        put(slots, t1pp_lower=cert.lower, t1pp_upper=cert.upper, t1pp_kl=cert.kl,
+            var_p=cert.var, r_plus=cert.r_plus, r_minus=cert.r_minus,
+            kl_reverse=kl_divergence(z[c] + delta[c], z[c]),
+            fisher=fisher_form(h[c], dh[c], W, g, eps))
+        if keep_logits:
+            put(slots, z=z[c], delta=delta[c])
         # T4s per state: confidences over the L slots, −inf outside M_t ∩ A_t
         p_t = torch.softmax(z, -1)  # (b, L, V)
         p_s = torch.softmax(z + delta, -1)
@@ -86,3 +102,25 @@ def bounds_on_trace(teacher, student, trace: Trace, batch_size: int = 256,
     out = {key: torch.cat(v) for key, v in slots.items()}
     out.update({key: torch.cat(v) for key, v in steps.items()})
     return out
+
+
+@torch.no_grad()
+def block_errors_on_trace(teacher, student, trace: Trace, batch_size: int = 256) -> Tensor:
+    """‖Δh^ℓ‖² after every block ℓ at the candidate slots of ``trace``: (n, N), rows in the
+    slot order of :func:`bounds_on_trace`, from the hidden row that predicts each slot
+    (Dream: i − 1). Both models run on the same teacher states x_t."""
+    T, B, L = trace.x.shape
+    x = trace.x.reshape(T * B, L)  # (S, L)
+    cand = (trace.masked & trace.active).reshape(T * B, L)  # (S, L) M_t ∩ A_t
+    am = None if trace.attention_mask is None else trace.attention_mask.repeat(T, 1)
+    out = []
+    for s0 in range(0, T * B, batch_size):
+        sl = slice(s0, s0 + batch_size)
+        mask_b = None if am is None else am[sl]
+        hs = [torch.stack(m.forward_hidden(x[sl], mask_b)[1:]).to(torch.float64)
+              for m in (teacher, student)]  # (N, b, L, d) each: block outputs 1..N
+        dhs = hs[1] - hs[0]
+        if teacher.logit_shift:
+            dhs = torch.cat([dhs[:, :, :1], dhs[:, :, :-1]], dim=2)  # row i predicts i
+        out.append((dhs[:, cand[sl]] ** 2).sum(-1).T)  # (n_b, N)
+    return torch.cat(out)
