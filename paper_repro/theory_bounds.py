@@ -56,9 +56,9 @@ from scipy.stats import spearmanr
 ROOT = Path(__file__).resolve().parents[1]
 
 from fairref.bounds_check import block_errors_on_trace, bounds_on_trace
-from fairref.diffusion import dream_generate, llada_generate
-from fairref.fair import CalibConfig, quantize_model
-from fairref.models import DreamModel, load
+from fairref.diffusion import SamplerSettings, generate
+from fairref.fair import CalibConfig, quantize_model, state_steps
+from fairref.models import load
 from fairref.toy.char_tokenizer import encode_prompts
 from fairref.toy.tasks import TASKS, make_problems
 
@@ -88,19 +88,15 @@ OUT = ROOT / "paper_repro" / "results"
 def rollout(model, problems):
     """Teacher rollout with the default sampler; returns the trace (SPEC §2)."""
     x = encode_prompts([p for p, _ in problems])  # (B, P)
-    G, steps = CONFIG["gen_length"], CONFIG["steps"]
+    settings = SamplerSettings(steps=CONFIG["steps"], gen_length=CONFIG["gen_length"])
     with torch.no_grad():
-        if isinstance(model, DreamModel):
-            _, trace = dream_generate(model, x, steps, G, record=True)
-        else:
-            _, trace = llada_generate(model, x, steps, G, G, record=True)
+        _, trace = generate(model, x, settings, record=True)
     return trace
 
 
 def calibration_states(trace):
     """S teacher states per rollout at t_k = ⌊(k + ½)·T/S⌋ (SPEC §4.1): (S·B, L)."""
-    T, S = trace.x.shape[0], CONFIG["states_per_rollout"]
-    ts = [int((k + 0.5) * T / S) for k in range(S)]
+    ts = state_steps(trace.x.shape[0], CONFIG["states_per_rollout"])
     return trace.x[ts].reshape(-1, trace.x.shape[-1])
 
 
