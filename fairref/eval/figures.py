@@ -83,18 +83,23 @@ def plot_lag_ccdf(curves: Mapping[str, dict], path: str | Path, title: str) -> P
     """Kaplan–Meier step curves of P(stability lag > s), one per model.
 
     ``curves``: model → a ``Survival.to_dict()`` (``times``, ``survival``, ``n``,
-    ``n_censored``). Ŝ is 1 before the first event and right-continuous; the curve is drawn
-    from s = 0 to one step past the last event time.
+    ``n_censored``). Lags are whole steps, so Ŝ is drawn at s = 0, 1, … one past the last
+    event time: Ŝ(s) = P(lag > s) is 1 before the first event and right-continuous (a lag
+    of 0 — stable from its commit on — already counts at s = 0).
     """
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7.0, 3.8))
-    s_max = max([max(c["times"], default=0) for c in curves.values()] + [1])
-    for name, c in curves.items():
-        # a step function: Ŝ(s) = 1 on [0, t_1), survival[j] on [t_j, t_{j+1})
-        xs = [0.0] + [float(t) for t in c["times"]] + [s_max + 1.0]
-        ys = [1.0] + [float(v) for v in c["survival"]]
-        ys = ys + [ys[-1]]
-        ax.step(xs, ys, where="post", label=f"{name} (n={c['n']}, censored {c['n_censored']})")
+    s_max = int(max([max(c["times"], default=0) for c in curves.values()] + [1]))
+    s = np.arange(s_max + 2)  # lags are whole steps: 0 … one past the last event
+    styles = ["-o", "--s", ":^", "-.v", "-D", "--x", ":P"]
+    for k, (name, c) in enumerate(curves.items()):
+        times = np.asarray(c["times"], dtype=np.float64)  # (K,) event times, ascending
+        S = np.concatenate([[1.0], np.asarray(c["survival"], dtype=np.float64)])  # (K + 1,)
+        # Ŝ(s) = survival[j] for the last event time t_j ≤ s, and 1 before the first event
+        ax.step(s, S[np.searchsorted(times, s, side="right")], styles[k % len(styles)],
+                where="post", markersize=4,
+                label=f"{name} (n={c['n']}, censored {c['n_censored']})")
+    ax.set_xticks(s)
     ax.set_xlabel("steps after the commit, s")
     ax.set_ylabel("P(stability lag > s)  (Kaplan–Meier)")
     ax.set_ylim(-0.02, 1.02)
