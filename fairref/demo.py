@@ -16,10 +16,17 @@ Written into ``out`` (built in a temporary directory, renamed into place at the 
 the sampler settings), ``report.md`` and its PNG figures. :func:`format_table` gives the
 table the CLI prints; its numbers come from ``results["table"]``.
 
-Threads: one intra-op thread (``DemoConfig.threads``), restored afterwards. The matmuls
+Parallelism: the two toys are independent, so each runs in its own process (``workers``,
+``spawn``), each with one torch intra-op thread (``threads``, restored afterwards in an
+in-process run). On 2 cores this halves the wall time of an idle machine; on a busy one
+two single-threaded processes still take their share without waiting for each other. One
+thread, because intra-op threads do wait for each other, and the matmuls
+
 are tiny (≤ 64 sequences × 32 tokens × 256 channels): on the shared 2-core machine this
-was written on, a forward with 2 threads took 4–7× the wall time of 1 thread while other
-jobs were running (load ~10), and gained little when idle.
+was written on, with other jobs running (load 7–10), one LLaDA-toy forward of 64 sequences
+took 0.36–0.39 s of CPU and ~1 s of wall time with 1 thread, and 1.7–2.7 s of CPU and
+4–7 s of wall time with 2 (the threads wait for each other). Raise ``threads`` on an
+idle many-core machine.
 
 Seeds: the calibration and held-out problems are drawn with ``config.seed`` (the two splits
 are disjoint by construction, ``fairref.toy.tasks``); ``seed`` also seeds the flat solver's
@@ -30,7 +37,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import platform
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,14 +75,15 @@ class DemoConfig:
     lag_problems: int = 6  # problems whose stability lag is measured (O(G·T) passes each)
     n_resamples: int = 1000  # bootstrap resamples over problems (SPEC §5)
     seed: int = 0  # problems, rollouts, flat batch order, bootstrap
-    threads: int = 1  # torch intra-op threads during the run (module docstring)
+    threads: int = 1  # torch intra-op threads per model (module docstring)
+    workers: int = 1  # processes, one model each, at once (1: in this process; presets: 2)
 
     def __post_init__(self) -> None:
         from fairref.fair import METHODS
         from fairref.toy import TOY_MODELS
 
         for name in ("calib_per_task", "states_per_rollout", "flat_batch", "eval_per_task",
-                     "n_resamples", "threads", "w_bits", "a_bits"):
+                     "n_resamples", "threads", "workers", "w_bits", "a_bits"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"DemoConfig.{name} must be a positive int, got {v!r}")
@@ -92,15 +102,15 @@ class DemoConfig:
 
     @classmethod
     def small(cls, **changes) -> "DemoConfig":
-        """The default: both toys in about 3 minutes of one CPU core (module docstring)."""
-        return cls(**changes)
+        """The default of ``fairref demo``: both toys, one process each (module docstring)."""
+        return cls(**{"workers": 2, **changes})
 
     @classmethod
     def full(cls, **changes) -> "DemoConfig":
         """A thorough run: 64 calibration prompts per task, S = 4, the SPEC's 15 flat
         epochs, 500 held-out problems per task, lag on 32 (about an hour of one core)."""
         return cls(**{**dict(calib_per_task=64, states_per_rollout=4, flat_epochs=15,
-                             eval_per_task=500, lag_problems=32), **changes})
+                             eval_per_task=500, lag_problems=32, workers=2), **changes})
 
     def describe(self) -> str:
         """One line with the sizes, printed before a run."""
@@ -244,28 +254,71 @@ def _run_model(name: str, config: DemoConfig, tmp: Path, progress) -> tuple[dict
     return result, rows
 
 
+def _cpu_seconds() -> float:
+    """CPU time of this process and of its finished child processes (the workers)."""
+    try:
+        import resource
+    except ImportError:  # not on Unix: this process only
+        return time.process_time()
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + ru.ru_utime + ru.ru_stime
+
+
+def _run_model_threads(name: str, config: DemoConfig, tmp: Path, progress):
+    """:func:`_run_model` with ``config.threads`` torch threads, restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(config.threads)
+    try:
+        return _run_model(name, config, tmp, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _stderr_line(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _worker(name: str, config: DemoConfig, tmp: Path, say: bool):
+    """One model in a worker process; its messages go to stderr (a callback cannot cross)."""
+    return _run_model_threads(name, config, tmp, _stderr_line if say else None)
+
+
+def _run_in_processes(config: DemoConfig, tmp: Path, workers: int, say: bool) -> list:
+    """:func:`_run_model` for each model in its own process (``spawn``: a fresh
+    interpreter, no forked torch state), results in ``config.models`` order."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        futures = [pool.submit(_worker, name, config, tmp, say) for name in config.models]
+        return [f.result() for f in futures]
+
+
 def run_demo(config: DemoConfig = DemoConfig(), out: str | Path = "runs/demo",
              progress: Callable[[str], None] | None = None, *, overwrite: bool = False) -> dict:
     """Run the demo (module docstring) and write ``out``; returns the results dict.
 
     ``out`` is refused (``FileExistsError``) when it exists and is not empty, unless
     ``overwrite``; it is built in a temporary directory beside it and appears only when
-    complete. ``progress`` gets a one-line message after each stage.
+    complete. ``progress`` gets a one-line message after each stage (from a worker process
+    the messages go to stderr instead). With ``config.workers`` > 1 the models run in
+    ``spawn``ed processes, which import the calling script again: call ``run_demo`` from
+    under ``if __name__ == "__main__":`` there (as every multiprocessing program must).
     """
     from fairref import __version__
 
     out = Path(out)
-    threads = torch.get_num_threads()
-    t0, c0 = time.perf_counter(), time.process_time()
+    t0, cpu0 = time.perf_counter(), _cpu_seconds()
     with atomic_directory(out, overwrite=overwrite) as tmp:
-        torch.set_num_threads(config.threads)
-        try:
-            models, table = {}, []
-            for name in config.models:
-                models[name], rows = _run_model(name, config, Path(tmp), progress)
-                table += rows
-        finally:
-            torch.set_num_threads(threads)
+        workers = min(config.workers, len(config.models))
+        if workers > 1:
+            per_model = _run_in_processes(config, Path(tmp), workers, progress is not None)
+        else:
+            per_model = [_run_model_threads(name, config, Path(tmp), progress)
+                         for name in config.models]
+        models = {name: r for name, (r, _) in zip(config.models, per_model)}
+        table = [row for _, rows in per_model for row in rows]
         from fairref.toy.evaluate import TOY_SAMPLER
 
         results = {
@@ -274,9 +327,10 @@ def run_demo(config: DemoConfig = DemoConfig(), out: str | Path = "runs/demo",
             "sampler": dataclasses.asdict(TOY_SAMPLER),
             "environment": {"fairref": __version__, "torch": torch.__version__,
                             "python": platform.python_version(),
-                            "machine": platform.machine(), "threads": config.threads},
+                            "machine": platform.machine(), "cpus": os.cpu_count(),
+                            "threads": config.threads},
             "timing": {"wall_seconds": round(time.perf_counter() - t0, 1),
-                       "cpu_seconds": round(time.process_time() - c0, 1)},
+                       "cpu_seconds": round(_cpu_seconds() - cpu0, 1), "workers": workers},
             "table": table,
             "models": models,
         }
@@ -334,7 +388,7 @@ def report_markdown(results: dict) -> str:
         f"W{c['w_bits']}A{c['a_bits']}: weights per output channel, activations per token, "
         "symmetric, Hadamard rotation per linear (SPEC §1).",
         f"- Methods (SPEC §4.4): {', '.join(c['methods'])}; all on the same calibration "
-        f"data with seed {c['seed']}; flat solver {c['flat_epochs']} epochs, batch "
+        f"data with seed {c['seed']}; flat solver: {c['flat_epochs']} epoch(s), batch "
         f"{c['flat_batch']}.",
         f"- Calibration: {c['calib_per_task']} TRAIN-split prompts per task × 4 tasks, "
         f"S = {c['states_per_rollout']} teacher states per rollout (SPEC §4.1).",
@@ -343,18 +397,22 @@ def report_markdown(results: dict) -> str:
         f"problems, {c['n_resamples']} resamples, seed {c['seed']} (SPEC §5).",
         f"- Sampler: {s['steps']} steps, {s['gen_length']} tokens, temperature "
         f"{s['temperature']} (LLaDA {s['remasking']}, Dream {s['alg']}).",
-        f"- Time: {t['wall_seconds']:.0f} s wall, {t['cpu_seconds']:.0f} s CPU "
-        f"({c['threads']} torch thread(s); torch {results['environment']['torch']}).",
+        f"- Time: {t['wall_seconds']:.0f} s wall, {t['cpu_seconds']:.0f} s CPU, "
+        f"with {c['threads']} torch thread(s) (more threads only contend on a shared "
+        f"machine for matmuls this small; `fairref/demo.py`), torch "
+        f"{results['environment']['torch']}. Wall time depends on what else the machine "
+        "runs; CPU time much less.",
         "", "## Results", "", _markdown_table(results), "",
         "## How to read this", "",
         "- **accuracy**: exact-match answers on held-out problems; FP is the teacher.",
         "- **frontier token flip**: at the positions the teacher commits at each step, how "
         "often the quantized model's argmax differs (teacher-forced on the teacher's states).",
         "- **frontier set flip**: how often the quantized model would commit a different set "
-        "of positions at a step (same sampler rule). It is high for every method here: many "
-        "toy steps commit among near-certain candidates whose confidences tie to rounding, so "
-        "a tiny perturbation reorders them without changing any token; compare methods "
-        "with each other, not with 0.",
+        "of positions at a step (same sampler rule). Expect it high for every method on the "
+        "toys: many steps choose among near-certain candidates (EOS padding, digits the "
+        "teacher is sure of) whose confidences differ by less than the quantization noise, "
+        "so the chosen set changes while the tokens do not (`fairref/toy/evaluate.py` "
+        "measures these gaps). Compare methods with each other, not with 0.",
         "- **masked KL**: KL(teacher ‖ quantized) in nats over masked positions of the "
         "active block. **post-commit mismatch**: each model runs its own rollout; the "
         "fraction of answer positions (before the teacher's EOS) that end up different.",
