@@ -201,8 +201,9 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
             "metrics on held-out problems of all four toy tasks (accuracy, frontier token "
             "and set flips, masked KL, post-commit mismatch, stability lag). Prints the "
             "comparison table and writes OUT/results.json, OUT/report.md and its figures. "
-            "The defaults are small (about 3 minutes of one CPU core); --full runs the "
-            "thorough sizes. OUT is written only when complete."
+            "The defaults are small (a few minutes on a 2-core CPU; the two models run "
+            "in parallel processes); --full runs the thorough sizes. OUT is written only "
+            "when complete."
         ),
     )
     p.add_argument("--out", type=Path, default=Path("runs/demo"), metavar="DIR",
@@ -211,7 +212,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
                    metavar="NAME", help="toy models to run: llada and/or dream (default: both)")
     p.add_argument("--full", action="store_true",
                    help="thorough sizes: 64 calibration prompts per task, S = 4, 15 flat "
-                        "epochs, 500 held-out problems per task (about an hour)")
+                        "epochs, 500 held-out problems per task (hours, not minutes)")
     p.add_argument("--seed", type=int, default=0, help="seed of problems, rollouts, solver "
                    "batch order and bootstrap (default: %(default)s)")
     p.add_argument("--force", action="store_true", help="replace an existing OUT folder")

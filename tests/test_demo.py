@@ -179,3 +179,21 @@ def test_the_full_preset_is_larger_than_the_default_in_every_size():
     assert f.flat_epochs == 15  # the SPEC §4.3d default
     assert DemoConfig.full(seed=5).seed == 5
     assert s == DemoConfig(workers=2) and s.models == ("llada", "dream")
+
+
+@pytest.mark.slow  # two spawned interpreters importing torch: ~10 s of CPU
+def test_one_process_per_model_gives_the_in_process_outcomes(tmp_path, monkeypatch):
+    """The models are independent: running them in worker processes (the CLI's default)
+    changes no outcome, so nothing leaks between them through global state."""
+    monkeypatch.setenv("FAIRREF_PROGRESS", "0")
+    base = dict(TINY, models=("llada", "dream"), methods=("rtn",), eval_per_task=1,
+                lag_problems=1)
+    a = run_demo(DemoConfig(**base, workers=1), tmp_path / "a")
+    b = run_demo(DemoConfig(**base, workers=2), tmp_path / "b")
+    assert b["timing"]["workers"] == 2
+    for name in ("llada", "dream"):
+        assert a["models"][name]["per_problem"] == b["models"][name]["per_problem"]
+        assert a["models"][name]["eval"]["models"]["rtn"]["teacher_forced"] == \
+            b["models"][name]["eval"]["models"]["rtn"]["teacher_forced"]
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == sorted(
+        p.name for p in (tmp_path / "a").iterdir())
