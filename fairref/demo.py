@@ -401,8 +401,8 @@ def report_markdown(results: dict) -> str:
         f"- Sampler: {s['steps']} steps, {s['gen_length']} tokens, temperature "
         f"{s['temperature']} (LLaDA {s['remasking']}, Dream {s['alg']}).",
         f"- Time: {t['wall_seconds']:.0f} s wall, {t['cpu_seconds']:.0f} s CPU, "
-        f"with {c['threads']} torch thread(s) (more threads only contend on a shared "
-        f"machine for matmuls this small; `fairref/demo.py`), torch "
+        f"{t['workers']} process(es) (one per model) × {c['threads']} torch thread(s) "
+        f"(more threads only contend for matmuls this small; `fairref/demo.py`), torch "
         f"{results['environment']['torch']}. Wall time depends on what else the machine "
         "runs; CPU time much less.",
         "", "## Results", "", _markdown_table(results), "",
