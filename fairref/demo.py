@@ -28,6 +28,11 @@ took 0.36–0.39 s of CPU and ~1 s of wall time with 1 thread, and 1.7–2.7 s o
 4–7 s of wall time with 2 (the threads wait for each other). Raise ``threads`` on an
 idle many-core machine.
 
+Measured (``fairref demo``, default sizes, on the shared 2-core machine this was written
+on, load average ~5.6 from other jobs): 300 s wall, 183 s CPU, of which the LLaDA process
+took about two thirds. With the machine to itself the wall time would be about the LLaDA
+process's CPU time, ~2 minutes (an estimate: the machine was never idle).
+
 Seeds: the calibration and held-out problems are drawn with ``config.seed`` (the two splits
 are disjoint by construction, ``fairref.toy.tasks``); ``seed`` also seeds the flat solver's
 batch order, the rollouts and the bootstrap resamples.
@@ -381,6 +386,20 @@ def _markdown_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def _task_table(m: dict) -> str:
+    """Accuracy per task and method (FP: the teacher), from one toy's per-problem outcomes."""
+    from fairref.toy.tasks import TASKS
+
+    tasks = np.array([t for t, _ in m["heldout"]["problems"]])  # (N,)
+    lines = ["| method | " + " | ".join(TASKS) + " |", "|" + "---|" * (len(TASKS) + 1)]
+    for model, pp in m["per_problem"].items():
+        ok = np.asarray(pp["correct"], dtype=np.float64)  # (N,)
+        lines.append(f"| {model} | " + " | ".join(
+            f"{100 * ok[tasks == t].mean():.1f}" if (tasks == t).any() else "n/a"
+            for t in TASKS) + " |")
+    return "\n".join(lines)
+
+
 def report_markdown(results: dict) -> str:
     """``report.md``: what was run, the table, how to read it, the paired tests, figures."""
     c, s, t = results["config"], results["sampler"], results["timing"]
@@ -446,8 +465,9 @@ def report_markdown(results: dict) -> str:
                          f"[{100 * md['lo']:+.1f}, {100 * md['hi']:+.1f}] | "
                          f"{a['n_pos']} / {a['n_neg']} / {a['n_ties']} | "
                          f"{a['sign_test_p']:.3g} |")
+        lines += ["", "Held-out accuracy per task (%):", "", _task_table(m), ""]
         f = m["figures"]
-        lines += ["", f"![{name}: prior over positions]({f['prior']})", "",
+        lines += [f"![{name}: prior over positions]({f['prior']})", "",
                   f"![{name}: frontier token flip rate by teacher margin]"
                   f"({f['flip_by_margin']})", ""]
         if "lag_ccdf" in f:

@@ -50,6 +50,7 @@ def test_the_demo_writes_results_report_and_every_figure_it_names(run):
         assert f"]({name})" in report  # the report shows it
     assert (out / m["calibration"]["prior_file"]).is_file()
     assert "one run proves nothing" in report and "paper_repro" in report
+    assert "Held-out accuracy per task" in report
     # nothing else is left beside OUT (the temporary build folder was renamed)
     assert [p.name for p in out.parent.iterdir()] == ["out"]
 
