@@ -215,7 +215,9 @@ def _run_model(name: str, config: DemoConfig, tmp: Path, progress) -> tuple[dict
     for method in progress_bar(config.methods, desc=f"{name} calibrate"):
         c = calibrate(teacher, method, data, w_bits=config.w_bits, a_bits=config.a_bits,
                       flat=flat, seed=config.seed)
-        students[method], methods[method] = c.model, c.description()
+        # the wall time is kept beside the description, which stays free of it
+        students[method] = c.model
+        methods[method] = {**c.description(), "seconds": round(c.seconds, 2)}
         say(f"{name}: {method} calibrated ({c.seconds:.1f} s)")
 
     # 3. held-out evaluation of FP and every method
