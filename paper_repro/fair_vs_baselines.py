@@ -306,10 +306,42 @@ def markdown(r: dict, tag: str) -> str:
                     cells += [f"{d['estimate']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}]",
                               f"{pc[key]['sign_test_p']:.3g}"]
                 lines.append(f"| {b} | " + " | ".join(cells) + " |")
-            lines.append("")
+            lines += [""] + verdict(agg["paired"]) + [""]
         if "diagnosis" in e:
             lines += diagnosis_markdown(regime, e["diagnosis"], c)
     return "\n".join(lines)
+
+
+#: paired outcome → the sign of a difference fair − baseline that favours fair
+FAVOURS = {"correct": +1, "token_flips": -1, "mismatched": -1}
+ALPHA = 0.05  # level of the sign test behind "better" / "worse"
+
+
+def verdict(paired: dict) -> list[str]:
+    """One line per baseline (better / worse / n.s. on each outcome) and the summary:
+    FAIR-Calib wins when it is significantly better than every baseline on at least one
+    outcome and significantly worse on none."""
+    lines, wins = [], []
+    for b, pc in paired.items():
+        parts, better, worse = [], False, False
+        for key, sign in FAVOURS.items():
+            est, p = pc[key]["mean_diff"]["estimate"], pc[key]["sign_test_p"]
+            if p < ALPHA and est * sign > 0:
+                parts.append(f"{key} better")
+                better = True
+            elif p < ALPHA and est * sign < 0:
+                parts.append(f"{key} worse")
+                worse = True
+            else:
+                parts.append(f"{key} n.s.")
+        wins.append(better and not worse)
+        lines.append(f"- vs {b}: " + ", ".join(parts))
+    win = all(wins)
+    lines.append(f"- **Does FAIR-Calib win here?** {'yes' if win else 'no'}: significantly "
+                 f"better (sign test p < {ALPHA}) than "
+                 f"{sum(wins)} of {len(wins)} baselines on at least one outcome without "
+                 "being significantly worse on any.")
+    return lines
 
 
 def diagnosis_markdown(regime: str, d: dict, c: dict) -> list[str]:
@@ -330,6 +362,12 @@ def diagnosis_markdown(regime: str, d: dict, c: dict) -> list[str]:
         share = f"{v['pick_H_share']:.3f}" if "pick_H_share" in v else "—"
         lines.append(f"| {name} | {share} | {v['token_flip']:.4f} | {v['masked_kl']:.4f} | "
                      f"{v['accuracy']:.3f} |")
+    v = d["variants"]
+    best = min(v, key=lambda n: (v[n]["masked_kl"], n))
+    lines += ["", f"Lowest masked KL on the diagnosis slice: `{best}` "
+              f"({v[best]['masked_kl']:.4f} vs default {v['default']['masked_kl']:.4f}, "
+              f"uniform {v['uniform']['masked_kl']:.4f}); pick's share of the pooled H "
+              f"under the default prior: {v['default']['pick_H_share']:.3f}."]
     return lines + [""]
 
 
@@ -378,6 +416,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--check", action="store_true",
                     help="rerun the committed JSON's config of --tag and compare; write nothing")
+    ap.add_argument("--render", action="store_true",
+                    help="rewrite the Markdown of --tag from its JSON (no computation)")
     ap.add_argument("--quick", action="store_true", help="a small preset (about 5 minutes)")
     ap.add_argument("--subsets", type=int, help="disjoint calibration subsets K")
     ap.add_argument("--n-eval", type=int, dest="eval_per_task", help="held-out problems per task")
@@ -405,6 +445,14 @@ def main(argv=None) -> int:
             print(d)
         print("check:", "OK" if not diffs else f"{len(diffs)} differences")
         return 1 if diffs else 0
+    if args.render:
+        path = OUT / f"{name}.json"
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no results to render; run without --render")
+        text = markdown(json.loads(path.read_text()), tag)
+        _atomic(OUT / f"{name}.md", lambda tmp: tmp.write_text(text + "\n"))
+        print(text)
+        return 0
     c = dict(CONFIG, **(QUICK if args.quick else {}))
     for key in ("subsets", "eval_per_task", "calib_per_task", "diag_per_task", "epochs",
                 "regimes"):
