@@ -487,4 +487,8 @@ def strip_seconds(tree):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except (ValueError, OSError) as e:  # one line, as the CLI does
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
