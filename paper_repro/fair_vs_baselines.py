@@ -26,9 +26,11 @@ Run: python paper_repro/fair_vs_baselines.py [--quick] [--subsets K] [--n-eval N
      [--tag NAME] [--check]
 The default (the issue's full setting: 5 subsets, 2000 held-out problems per task, 15
 epochs, W4A4 and W4A8, three regimes) takes many hours on a 2-core CPU and was not run.
-The committed reduced run (tag ``reduced``; its exact config is in its Markdown) took
-about 35 minutes wall on the shared 2-core machine (``--workers 2``); ``--quick`` takes
-about 5 minutes. ``--check`` reruns the configuration stored in the committed JSON of
+The committed reduced run (tag ``reduced``: ``--subsets 3 --n-calib 8 --n-eval 100
+--epochs 3 --n-diag 16 --bits 4,4 --regimes llada_one_block dream_default --workers 2``)
+took 55 minutes wall on the shared 2-core machine (about 15 CPU-minutes per regime, the
+rest waiting for the CPU); ``--quick`` takes a few CPU-minutes. Set PYTHONPATH to the
+repository root so that this checkout's ``fairref`` is the one imported. ``--check`` reruns the configuration stored in the committed JSON of
 ``--tag`` and compares (counts exactly, reals to a relative 1e-6), writing nothing: the
 flat solver's training is reproducible on one machine and thread count, not across CPUs.
 """
