@@ -28,11 +28,13 @@ The default (the issue's full setting: 5 subsets, 2000 held-out problems per tas
 epochs, W4A4 and W4A8, three regimes) takes many hours on a 2-core CPU and was not run.
 The committed reduced run (tag ``reduced``: ``--subsets 3 --n-calib 8 --n-eval 100
 --epochs 3 --n-diag 16 --bits 4,4 --regimes llada_one_block dream_default --workers 2``)
-took 50 minutes wall on the shared 2-core machine (13 CPU-minutes for Dream, 21 for LLaDA, the
-rest waiting for the CPU); ``--quick`` takes a few CPU-minutes. Set PYTHONPATH to the
-repository root so that this checkout's ``fairref`` is the one imported. ``--check`` reruns the configuration stored in the committed JSON of
-``--tag`` and compares (counts exactly, reals to a relative 1e-6), writing nothing: the
-flat solver's training is reproducible on one machine and thread count, not across CPUs.
+took 50 minutes wall on the shared 2-core machine (13 CPU-minutes for Dream, 21 for
+LLaDA, the rest waiting for the CPU); ``--quick`` takes a few CPU-minutes. Set PYTHONPATH
+to the repository root so that this checkout's ``fairref`` is the one imported.
+``--render`` rewrites the Markdown of ``--tag`` from its JSON. ``--check`` reruns the
+configuration stored in the committed JSON of ``--tag`` and compares (counts exactly,
+reals to a relative 1e-6, wall times left out), writing nothing: the flat solver's
+training is reproducible on one machine and thread count, not across CPUs.
 """
 
 from __future__ import annotations
