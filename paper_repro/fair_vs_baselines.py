@@ -50,7 +50,8 @@ import numpy as np
 import torch
 
 from fairref.diffusion import SamplerSettings, load_generation_config
-from fairref.eval.compare import compare_trees, distinct_problems, label_shares, mean_std, per_problem
+from fairref.eval.compare import (compare_trees, distinct_problems, label_shares, mean_std,
+                                  per_problem)
 from fairref.eval.metrics import MARGIN_EDGES
 from fairref.eval.run import evaluate
 from fairref.eval.stats import paired_comparison
