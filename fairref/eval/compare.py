@@ -1,0 +1,113 @@
+"""Helpers of the method comparison (SPEC §4.4, §5): subsets, per-problem outcomes, shares.
+
+The paper script ``paper_repro/fair_vs_baselines.py`` compares methods over several
+disjoint calibration subsets on the same held-out problems. What it needs beyond
+:func:`fairref.eval.run.evaluate` and :mod:`fairref.eval.stats` lives here, so the script
+stays a config and a few calls:
+
+- :func:`distinct_problems` — ``n`` distinct training problems of a task (the training
+  split is an i.i.d. stream that may repeat a prompt; disjoint subsets need distinct ones);
+- :func:`per_problem` — the per-problem outcomes of one student that a paired test
+  compares (correct, frontier token flips, post-commit mismatches);
+- :func:`label_shares` — the share of a per-rollout statistic's total that each label
+  (e.g. task) contributes (the pooled prior's H and R, SPEC §3.3);
+- :func:`mean_std` — mean and sample standard deviation over subsets;
+- :func:`compare_trees` — two JSON result trees equal up to a relative tolerance on reals
+  (the ``--check`` of the paper scripts).
+
+Legend: N problems or rollouts, G generation length.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from fairref.toy.tasks import make_problems
+
+
+def distinct_problems(task: str, n: int, seed: int, split: str = "train"
+                      ) -> list[tuple[str, str]]:
+    """The first ``n`` distinct prompts (with their answers) of ``make_problems(task, ·,
+    seed, split)``, in the stream's order; a ``ValueError`` if the task has fewer."""
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    want = n
+    for _ in range(8):  # draw more until n distinct prompts appear (the stream repeats)
+        seen, out = set(), []
+        for p, a in make_problems(task, want, seed, split):
+            if p not in seen:
+                seen.add(p)
+                out.append((p, a))
+                if len(out) == n:
+                    return out
+        want *= 2
+    raise ValueError(f"task {task!r} ({split} split, seed {seed}) gave only {len(out)} "
+                     f"distinct prompts in {want // 2} draws; ask for fewer than {n}")
+
+
+def per_problem(result) -> dict[str, np.ndarray]:
+    """Per-problem outcomes of one student's ``ModelResult`` (N,) each, float64:
+    ``correct`` (1/0), ``token_flips`` (flipped frontier slots) and ``mismatched``
+    (post-commit mismatched positions). All students of one evaluation share the
+    teacher's traces, so their frontier slots and counted positions are the same per
+    problem and the counts are comparable pair by pair."""
+    out = {}
+    if result.accuracy is not None:
+        out["correct"] = result.accuracy.correct.astype(np.float64)
+    if result.teacher_forced is not None:
+        out["token_flips"] = result.teacher_forced.token_flips.astype(np.float64)
+    if result.mismatch is not None:
+        out["mismatched"] = result.mismatch.mismatched.astype(np.float64)
+    return out
+
+
+def label_shares(values: Tensor, labels: Sequence[str]) -> dict[str, float]:
+    """Share of Σ ``values`` (N, G) contributed by the rows of each label (N labels).
+
+    For a pooled prior built from N rollouts, ``values`` = the probe's per-rollout h (or
+    1 − ρ) gives each task's share of the pooled H (or R) summed over positions."""
+    v = values.to(torch.float64)
+    if v.dim() != 2 or v.shape[0] != len(labels):
+        raise ValueError(f"values must be (N, G) with one label per row, got shape "
+                         f"{tuple(v.shape)} and {len(labels)} labels")
+    total = float(v.sum())
+    if total == 0 or not math.isfinite(total):
+        raise ValueError(f"values sum to {total}; shares are undefined")
+    row = v.sum(1)  # (N,)
+    names = list(dict.fromkeys(labels))  # first-seen order
+    lab = np.asarray(labels)
+    return {k: float(row[torch.from_numpy(lab == k)].sum()) / total for k in names}
+
+
+def mean_std(values: Sequence[float | None]) -> dict:
+    """``{"mean", "std", "n"}`` over the non-None values (std: sample, ddof 1; None below
+    two values); all None gives mean None."""
+    x = np.array([v for v in values if v is not None], dtype=np.float64)
+    return {"mean": float(x.mean()) if x.size else None,
+            "std": float(x.std(ddof=1)) if x.size > 1 else None, "n": int(x.size)}
+
+
+def compare_trees(new, old, rel: float = 1e-6, path: str = "") -> list[str]:
+    """Where two JSON trees differ: keys, lengths and non-reals exactly, reals to a
+    relative ``rel`` (absolute 1e-12 near 0). Empty when they agree."""
+    if isinstance(new, dict) and isinstance(old, dict):
+        if new.keys() != old.keys():
+            return [f"{path}: keys {sorted(new)} != {sorted(old)}"]
+        return [d for k in new for d in compare_trees(new[k], old[k], rel, f"{path}/{k}")]
+    if isinstance(new, list) and isinstance(old, list):
+        if len(new) != len(old):
+            return [f"{path}: length {len(new)} != {len(old)}"]
+        return [d for i, (a, b) in enumerate(zip(new, old))
+                for d in compare_trees(a, b, rel, f"{path}[{i}]")]
+    if isinstance(new, float) or isinstance(old, float):
+        if isinstance(new, (int, float)) and isinstance(old, (int, float)) \
+                and not isinstance(new, bool) and not isinstance(old, bool):
+            if math.isclose(new, old, rel_tol=rel, abs_tol=1e-12):
+                return []
+        return [f"{path}: {new!r} != {old!r}"]
+    return [] if new == old else [f"{path}: {new!r} != {old!r}"]
