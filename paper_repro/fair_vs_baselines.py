@@ -50,7 +50,7 @@ import numpy as np
 import torch
 
 from fairref.diffusion import SamplerSettings, load_generation_config
-from fairref.eval.compare import (compare_trees, distinct_problems, label_shares, mean_std,
+from fairref.eval.compare import (compare_trees, label_shares, mean_std,
                                   per_problem)
 from fairref.eval.metrics import MARGIN_EDGES
 from fairref.eval.run import evaluate
@@ -61,7 +61,7 @@ from fairref.fair.prior import estimate_prior
 from fairref.models import load
 from fairref.toy import checkpoint_dir
 from fairref.toy.char_tokenizer import EOS_ID, decode_completion, encode_prompts
-from fairref.toy.tasks import TASKS, check
+from fairref.toy.tasks import TASKS, check, distinct_problems
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "paper_repro" / "results"

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import tempfile
 from pathlib import Path
@@ -33,6 +32,7 @@ from pathlib import Path
 import torch
 
 from fairref.diffusion import SamplerSettings, load_generation_config
+from fairref.eval.compare import compare_trees
 from fairref.fair.prior import PriorConfig, estimate_prior
 from fairref.models import load
 from fairref.toy import checkpoint_dir
@@ -164,22 +164,6 @@ def markdown(r: dict) -> str:
     return "\n".join(lines)
 
 
-def compare(new, old, path="") -> list[str]:
-    """Differences between two result trees: counts exactly, floats to relative 1e-6."""
-    if isinstance(new, dict) and isinstance(old, dict):
-        if new.keys() != old.keys():
-            return [f"{path}: keys {sorted(new)} != {sorted(old)}"]
-        return [d for k in new for d in compare(new[k], old[k], f"{path}/{k}")]
-    if isinstance(new, list) and isinstance(old, list):
-        if len(new) != len(old):
-            return [f"{path}: length {len(new)} != {len(old)}"]
-        return [d for i, (a, b) in enumerate(zip(new, old)) for d in compare(a, b, f"{path}[{i}]")]
-    if isinstance(new, float) or isinstance(old, float):
-        ok = math.isclose(new, old, rel_tol=1e-6, abs_tol=1e-12)
-        return [] if ok else [f"{path}: {new!r} != {old!r}"]
-    return [] if new == old else [f"{path}: {new!r} != {old!r}"]
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--check", action="store_true",
@@ -189,7 +173,7 @@ def main(argv=None) -> int:
     results = json.loads(json.dumps(results))  # the form the file holds (tuples → lists)
     if args.check:
         committed = json.loads((OUT / "sampler_regime.json").read_text())
-        diffs = compare(results, committed)
+        diffs = compare_trees(results, committed)
         for d in diffs[:20]:
             print(d)
         print("check:", "OK" if not diffs else f"{len(diffs)} differences")

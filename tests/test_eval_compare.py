@@ -15,9 +15,9 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fairref.eval.compare import (compare_trees, distinct_problems, label_shares, mean_std,
+from fairref.eval.compare import (compare_trees, label_shares, mean_std,
                                   per_problem)
-from fairref.toy.tasks import make_problems
+from fairref.toy.tasks import distinct_problems, make_problems
 
 
 @st.composite

@@ -7,7 +7,6 @@ fake-quant block itself for the exported block.
 Legend: B states, L length, d hidden, K site inputs, N outputs.
 """
 
-import copy
 import dataclasses
 import json
 

@@ -7,7 +7,6 @@ a rotation spec, a learned Kronecker transform with ζ, none — and for asymmet
 with an error naming the tensor.
 """
 
-import dataclasses
 import json
 
 import pytest

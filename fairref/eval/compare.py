@@ -1,12 +1,11 @@
 """Helpers of the method comparison (SPEC §4.4, §5): subsets, per-problem outcomes, shares.
 
 The paper script ``paper_repro/fair_vs_baselines.py`` compares methods over several
-disjoint calibration subsets on the same held-out problems. What it needs beyond
+disjoint calibration subsets (``fairref.toy.tasks.distinct_problems``) on the same held-out
+problems. What it needs beyond
 :func:`fairref.eval.run.evaluate` and :mod:`fairref.eval.stats` lives here, so the script
 stays a config and a few calls:
 
-- :func:`distinct_problems` — ``n`` distinct training problems of a task (the training
-  split is an i.i.d. stream that may repeat a prompt; disjoint subsets need distinct ones);
 - :func:`per_problem` — the per-problem outcomes of one student that a paired test
   compares (correct, frontier token flips, post-commit mismatches);
 - :func:`label_shares` — the share of a per-rollout statistic's total that each label
@@ -26,28 +25,6 @@ from typing import Sequence
 import numpy as np
 import torch
 from torch import Tensor
-
-from fairref.toy.tasks import make_problems
-
-
-def distinct_problems(task: str, n: int, seed: int, split: str = "train"
-                      ) -> list[tuple[str, str]]:
-    """The first ``n`` distinct prompts (with their answers) of ``make_problems(task, ·,
-    seed, split)``, in the stream's order; a ``ValueError`` if the task has fewer."""
-    if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
-    want = n
-    for _ in range(8):  # draw more until n distinct prompts appear (the stream repeats)
-        seen, out = set(), []
-        for p, a in make_problems(task, want, seed, split):
-            if p not in seen:
-                seen.add(p)
-                out.append((p, a))
-                if len(out) == n:
-                    return out
-        want *= 2
-    raise ValueError(f"task {task!r} ({split} split, seed {seed}) gave only {len(out)} "
-                     f"distinct prompts in {want // 2} draws; ask for fewer than {n}")
 
 
 def per_problem(result) -> dict[str, np.ndarray]:

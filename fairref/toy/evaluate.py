@@ -22,7 +22,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from torch import Tensor
 
 from fairref.diffusion import SamplerSettings, generate
 from fairref.toy.char_tokenizer import GEN_LEN, decode_completion, encode_prompts

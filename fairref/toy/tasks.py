@@ -258,3 +258,23 @@ def task_of(prompt: str) -> str:
         if prompt.startswith(tag + ":"):
             return task
     raise ValueError(f"prompt {prompt!r} does not start with a task tag {sorted(TAG.values())}")
+
+
+def distinct_problems(task: str, n: int, seed: int, split: str = "train"
+                      ) -> list[tuple[str, str]]:
+    """The first ``n`` distinct prompts (with their answers) of ``make_problems(task, ·,
+    seed, split)``, in the stream's order; a ``ValueError`` if the task has fewer."""
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    want = n
+    for _ in range(8):  # draw more until n distinct prompts appear (the stream repeats)
+        seen, out = set(), []
+        for p, a in make_problems(task, want, seed, split):
+            if p not in seen:
+                seen.add(p)
+                out.append((p, a))
+                if len(out) == n:
+                    return out
+        want *= 2
+    raise ValueError(f"task {task!r} ({split} split, seed {seed}) gave only {len(out)} "
+                     f"distinct prompts in {want // 2} draws; ask for fewer than {n}")
