@@ -1,7 +1,7 @@
 """The main table: FAIR-Calib against the baselines on both toys (SPEC §4.4, §5).
 
-For each sampler regime (the LLaDA toy one-block as shipped, the LLaDA toy semi-AR with
-block_length 4, the Dream toy), each bit setting (W4A4, W4A8) and each of K disjoint
+For each sampler regime (the LLaDA toy decoding its 16 positions as one block, the LLaDA
+toy semi-AR with block_length 4 — its shipped default —, the Dream toy as shipped), each bit setting (W4A4, W4A8) and each of K disjoint
 calibration subsets (distinct *training* prompts, the same number per task; all methods
 calibrate on what one ``pipeline.prepare`` call returns, so they see the same prompts and
 token count), the methods ``fair``, ``fair-gptq``, ``masked-uniform``, ``flatquant``,
@@ -66,9 +66,11 @@ from fairref.toy.tasks import TASKS, check, distinct_problems
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "paper_repro" / "results"
 
-#: regime → (toy, sampler settings; None = the checkpoint's generation_config.json)
+#: regime → (toy, sampler settings; None = the checkpoint's generation_config.json).
+#: Both LLaDA regimes are pinned here, so a change of the toy's shipped default (semi-AR
+#: since the sampler-regime decision, see toy_models/README.md) never changes a regime.
 REGIMES = {
-    "llada_one_block": ("llada", None),
+    "llada_one_block": ("llada", SamplerSettings(steps=8, gen_length=16, block_length=16)),
     "llada_semi_ar": ("llada", SamplerSettings(steps=8, gen_length=16, block_length=4)),
     "dream_default": ("dream", None),
 }
