@@ -1,8 +1,8 @@
 """The main table: FAIR-Calib against the baselines on both toys (SPEC §4.4, §5).
 
 For each sampler regime (the LLaDA toy decoding its 16 positions as one block, the LLaDA
-toy semi-AR with block_length 4 — its shipped default —, the Dream toy as shipped), each bit setting (W4A4, W4A8) and each of K disjoint
-calibration subsets (distinct *training* prompts, the same number per task; all methods
+toy semi-AR with block_length 4 — its shipped default —, the Dream toy as shipped), each
+bit setting (W4A4, W4A8) and each of K disjoint calibration subsets (distinct *training* prompts, the same number per task; all methods
 calibrate on what one ``pipeline.prepare`` call returns, so they see the same prompts and
 token count), the methods ``fair``, ``fair-gptq``, ``masked-uniform``, ``flatquant``,
 ``quarot`` and ``rtn`` are calibrated and evaluated with ``fairref.eval.run.evaluate`` on
