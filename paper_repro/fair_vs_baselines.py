@@ -4,9 +4,9 @@ For each sampler regime (the LLaDA toy decoding its 16 positions as one block, t
 toy semi-AR with block_length 4 — its shipped default —, the Dream toy as shipped), each
 bit setting (W4A4, W4A8) and each of K disjoint calibration subsets (distinct *training*
 prompts, the same number per task; all methods calibrate on what one ``pipeline.prepare``
-call returns, so they see the same prompts and token count), the methods ``fair``, ``fair-
-gptq``, ``masked-uniform``, ``flatquant``, ``quarot`` and ``rtn`` are calibrated and
-evaluated with ``fairref.eval.run.evaluate`` on held-out problems (the held-out split:
+call returns, so they see the same prompts and token count), the methods ``fair``,
+``fair-gptq``, ``masked-uniform``, ``flatquant``, ``quarot`` and ``rtn`` are calibrated
+and evaluated with ``fairref.eval.run.evaluate`` on held-out problems (the held-out split:
 never a calibration prompt) against the FP teacher: frontier token and set flip rates
 (also by the teacher's margin), post-commit mismatch, accuracy and masked KL. The tables
 give mean ± std over subsets, and a paired test of FAIR-Calib against each baseline on
