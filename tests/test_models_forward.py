@@ -240,6 +240,35 @@ def test_linear_groups_reach_every_linear_of_a_block(arch):
         assert sorted(names) == sorted(n for n, m in block.named_modules() if isinstance(m, nn.Linear))
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+def test_norm_sites_name_the_norm_that_feeds_each_linear(arch):
+    """Folding ζ into a site (norm weight g ⊘ ζ, each fed linear's W diag ζ) leaves the
+    block's output unchanged — the identity SmoothQuant relies on (SPEC §4.4). With ζ a
+    power of two per channel both scalings are exact in float, so the output must be
+    bit-identical; a site naming the wrong norm or missing a linear breaks it."""
+    model = tiny_model(arch)
+    x = ids()
+    h = model.embed(x)  # (B, L, d)
+    before = model.run_block(0, h)
+    block = model.blocks[0]
+    sites = model.norm_sites()
+    fed = {n for _, lins in sites for n in lins}
+    grouped = [n for g in model.linear_groups() for n in g]
+    assert fed <= set(grouped) and len(sites) == 2
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for norm, lins in sites:
+            g = block.get_submodule(norm).weight
+            zeta = torch.pow(2.0, torch.randint(-3, 4, g.shape, generator=gen)).to(g.dtype)
+            g.div_(zeta)
+            for n in lins:
+                block.get_submodule(n).weight.mul_(zeta)  # W diag ζ: column j times ζ_j
+    assert torch.equal(model.run_block(0, h), before)
+    with torch.no_grad():  # the check can fail: scale one fed linear only
+        block.get_submodule(sites[0][1][0]).weight.mul_(2.0)
+    assert not torch.equal(model.run_block(0, h), before)
+
+
 class _Counting(nn.Module):
     def __init__(self, inner):
         super().__init__()

@@ -123,6 +123,10 @@ class DreamModel(DiffusionLM):
         return (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
                 ("self_attn.o_proj",), ("mlp.gate_proj", "mlp.up_proj"), ("mlp.down_proj",))
 
+    def norm_sites(self) -> Sequence[tuple[str, Sequence[str]]]:
+        return (("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
+                ("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj")))
+
     def embed(self, input_ids: Tensor) -> Tensor:
         """(B, L) → (B, L, d)."""
         return self.model.embed_tokens(input_ids)

@@ -101,6 +101,9 @@ class LLaDAModel(DiffusionLM):
         return (("q_proj", "k_proj", "v_proj"), ("attn_out",), ("ff_proj", "up_proj"),
                 ("ff_out",))
 
+    def norm_sites(self) -> Sequence[tuple[str, Sequence[str]]]:
+        return (("attn_norm", ("q_proj", "k_proj", "v_proj")), ("ff_norm", ("ff_proj", "up_proj")))
+
     def embed(self, input_ids: Tensor) -> Tensor:
         """(B, L) → (B, L, d). No embedding scaling (``input_emb_norm`` false)."""
         return self.model.transformer.wte(input_ids)

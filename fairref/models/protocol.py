@@ -65,6 +65,12 @@ class MaskedDiffusionLM(Protocol):
         SPEC §4.2: (q, k, v) → (o) → (gate, up) → (down)."""
         ...
 
+    def norm_sites(self) -> Sequence[tuple[str, Sequence[str]]]:
+        """The RMSNorms of a block and the linears each one feeds, as (norm name, linear
+        names) relative to the block: where SmoothQuant's ζ folds into a norm weight
+        (SPEC §4.4). Linears fed by no norm (o, down) are not listed."""
+        ...
+
 
 def shift_head_logits(z: Tensor, logit_shift: int) -> Tensor:
     """Turn head outputs (row i from hidden state i) into logits indexed by predicted position.
