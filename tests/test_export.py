@@ -1,0 +1,255 @@
+"""The compressed-tensors pack-quantized export (fairref/export.py; SPEC §1 "Packed storage", §7).
+
+The oracle is the compressed-tensors library itself (the ``crosscheck`` extra, 0.20.1): its
+``QuantizationConfig`` parses the exported config, its ``PackedQuantizationCompressor``
+(looked up through the format the config declares, as its model loader does) and its
+model-free ``CompressedTensorsDequantizer`` turn the exported tensors back into weights,
+which must be *exactly* the dequantized weights Ŵ our QuantLinears compute with; its
+dynamic activation quantizer must equal ours bit for bit where the export claims it does.
+What the format cannot express must be refused before anything is written.
+
+Models: tiny random LLaDA and Dream (d = 32, 2 blocks; Dream has q/k/v biases and GQA).
+Legend: B batch, L sequence, K input features, N output features.
+"""
+
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from fairref.export import export_compressed_tensors
+from fairref.fair import Method
+from fairref.fair.pipeline import calibrate, prepare
+from fairref.diffusion import SamplerSettings
+from fairref.models import random_model
+from fairref.models.quantized import quantized_linears
+from fairref.quant.grid import QuantSpec, fake_quantize
+from fairref.quant.linear import QuantLinear
+from fairref.quant.rotation import RotationSpec
+from tiny import tiny_config
+
+ct_q = pytest.importorskip("compressed_tensors.quantization")
+ct_comp = pytest.importorskip("compressed_tensors.compressors")
+ct_forward = pytest.importorskip("compressed_tensors.quantization.lifecycle.forward")
+ct_helpers = pytest.importorskip("compressed_tensors.quantization.utils.helpers")
+ct_deq = pytest.importorskip("compressed_tensors.entrypoints.convert.converters.ct_dequantizer")
+
+pytestmark = pytest.mark.crosscheck
+
+V, MASK, EOS, PAD = 24, 23, 22, 21
+#: rtn without a rotation: the data-free method a compressed-tensors export can carry
+RTN_PLAIN = Method("rtn-plain", "rtn", "none", rotation=None)
+
+
+def _teacher(arch: str):
+    return random_model(tiny_config(arch, V, MASK, EOS, PAD), seed=11).eval()
+
+
+@pytest.fixture(scope="module")
+def data():
+    """Stage I on 4 prompts of each tiny teacher (the gptq method's plain inputs)."""
+    ids = torch.randint(0, 20, (4, 6), generator=torch.Generator().manual_seed(2))  # (B, P)
+    return {arch: prepare(_teacher(arch), ids, SamplerSettings(steps=4, gen_length=8),
+                          states_per_rollout=2) for arch in ("llada", "dream")}
+
+
+def _quantized(arch, method, w_bits, a_bits, data):
+    return calibrate(_teacher(arch), method, data[arch] if method != RTN_PLAIN else None,
+                     w_bits=w_bits, a_bits=a_bits).model
+
+
+def _decompress(path) -> dict[str, torch.Tensor]:
+    """Every linear's weight as compressed-tensors decompresses it: the config parsed by the
+    library, each scheme's declared format looked up in its compressor registry (as its
+    model loader's ``decompress_module`` does), ``decompress`` on that module's tensors."""
+    raw = json.loads((path / "config.json").read_text())["quantization_config"]
+    qc = ct_q.QuantizationConfig.model_validate(raw)
+    tensors = load_file(str(path / "model.safetensors"))
+    out = {}
+    for scheme in qc.config_groups.values():
+        compressor = ct_comp.BaseCompressor.get_value_from_registry(scheme.format)
+        names = compressor.compression_param_names(scheme)
+        modules = {k.rpartition(".")[0] for k in tensors if k.endswith("." + names[0])}
+        for m in sorted(modules):
+            if "Linear" not in scheme.targets and m not in scheme.targets:
+                continue
+            state = {n: tensors[f"{m}.{n}"] for n in names}
+            out[m] = compressor.decompress(state, scheme)["weight"]
+    return out
+
+
+# --- (1) the library decompresses to exactly our Ŵ ------------------------------------------
+
+
+@pytest.mark.parametrize("arch", ["llada", "dream"])
+@pytest.mark.parametrize("method", [RTN_PLAIN, "gptq"], ids=["rtn", "gptq"])
+@pytest.mark.parametrize("w_bits, a_bits", [(4, 16), (4, 4), (8, 8), (3, 16)])
+def test_the_library_decompresses_exactly_our_dequantized_weights(arch, method, w_bits, a_bits,
+                                                                  data, tmp_path):
+    """compressed-tensors' own decompressor gives Ŵ bit for bit, for every quantized linear,
+    and every other tensor is the model's own under its own name."""
+    model = _quantized(arch, method, w_bits, a_bits, data)
+    path = export_compressed_tensors(model, tmp_path / "ct")
+    got = _decompress(path)
+    qls = quantized_linears(model)
+    assert set(got) == set(qls)
+    for name, ql in qls.items():
+        assert got[name].dtype == torch.float32
+        assert torch.equal(got[name], ql.W_hat), name
+    tensors = load_file(str(path / "model.safetensors"))
+    for k, v in model.state_dict().items():
+        if not k.startswith(tuple(f"{n}." for n in qls)):
+            assert torch.equal(tensors[k], v), k
+    for name, ql in qls.items():
+        if ql.bias is not None:
+            assert torch.equal(tensors[f"{name}.bias"], ql.bias)
+
+
+@pytest.mark.parametrize("w_bits", [4, 8])
+def test_the_model_free_dequantizer_reads_a_weight_only_export(w_bits, data, tmp_path):
+    """compressed-tensors' CompressedTensorsDequantizer (its checkpoint converter: config
+    and safetensors in, float tensors out) turns the directory into a float checkpoint whose
+    linears are exactly Ŵ and whose other tensors are ours, under the float names."""
+    model = _quantized("llada", "gptq", w_bits, 16, data)
+    path = export_compressed_tensors(model, tmp_path / "ct")
+    deq = ct_deq.CompressedTensorsDequantizer(str(path), dtype=torch.float32)
+    out = deq.process(load_file(str(path / "model.safetensors")))
+    state = model.state_dict()
+    qls = quantized_linears(model)
+    float_names = {k for k in state if not k.startswith(tuple(f"{n}." for n in qls))}
+    assert set(out) == float_names | {f"{n}.weight" for n in qls}
+    for name, ql in qls.items():
+        assert torch.equal(out[f"{name}.weight"], ql.W_hat), name
+
+
+@pytest.mark.parametrize("spec", [
+    QuantSpec(bits=4, granularity="group", group_size=8),
+    QuantSpec(bits=4, symmetric=False),
+    QuantSpec(bits=3, symmetric=False, granularity="group", group_size=4),
+    QuantSpec(bits=8, granularity="tensor"),
+    QuantSpec(bits=2, scale_mode="full", clip=0.9),
+], ids=["group", "asym", "asym-group-3bit", "tensor", "2bit-clip"])
+@pytest.mark.parametrize("K", [24, 40])
+def test_every_weight_grid_decompresses_exactly(spec, K, tmp_path):
+    """Per group, per tensor and asymmetric weights (zero points packed along N), at widths
+    whose rows do not fill whole int32 words (K·b not a multiple of 32)."""
+    torch.manual_seed(K)
+    lin = torch.nn.Linear(K, 12, bias=True)
+    lin.weight.data[3] = 0.0  # an all-zero row: s = 1, q = 0
+    ql = QuantLinear.from_linear(lin, spec, None)
+    model = torch.nn.Sequential()
+    model.add_module("proj", ql)
+    model.config = SimpleNamespace(model_type="toy")
+    got = _decompress(export_compressed_tensors(model, tmp_path / "ct"))
+    assert torch.equal(got["proj"], ql.W_hat)
+
+
+# --- (2) the config is a compressed-tensors QuantizationConfig ------------------------------
+
+
+def test_the_config_parses_with_the_scheme_of_the_quantized_model(data, tmp_path):
+    model = _quantized("dream", "gptq", 4, 4, data)
+    path = export_compressed_tensors(model, tmp_path / "ct", method={"name": "gptq"})
+    config = json.loads((path / "config.json").read_text())
+    qc = ct_q.QuantizationConfig.model_validate(config["quantization_config"])
+    assert qc.format == "pack-quantized" and qc.quant_method == "compressed-tensors"
+    (scheme,) = qc.config_groups.values()
+    assert scheme.format == "pack-quantized" and scheme.targets == ["Linear"]
+    w, a = scheme.weights, scheme.input_activations
+    assert (w.num_bits, w.type, w.symmetric, w.strategy, w.dynamic) == (4, "int", True,
+                                                                       "channel", False)
+    assert (a.num_bits, a.symmetric, a.strategy, a.dynamic) == (4, True, "token", True)
+    float_linears = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    assert set(qc.ignore) == float_linears == {"lm_head"}
+    # the config is otherwise the model's own, and the difference in activation rounding
+    # (calibration uses SPEC §1's "restricted" scale) is stated
+    assert {k: v for k, v in config.items()
+            if k not in ("quantization_config", "fairref_export")} == model.config.to_dict()
+    assert any("amax / 7 " in n and "amax / 7.5" in n for n in config["fairref_export"]["notes"])
+    assert config["fairref_export"]["method"] == {"name": "gptq"}
+
+
+# --- activations: where the export claims exactness, the library's quantizer is ours ---------
+
+
+def _ct_dynamic(x, bits, strategy="token"):
+    args = ct_q.QuantizationArgs(num_bits=bits, symmetric=True, strategy=strategy, dynamic=True)
+    s, z = ct_helpers.compute_dynamic_scales_and_zp(x, args, module=None)
+    return ct_forward.fake_quantize(x, s, z, args)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_the_dynamic_activation_quantizer_is_ours_in_full_mode(bits):
+    """compressed-tensors' dynamic per-token quantizer of a (B, L, K) input equals SPEC §1's
+    "full" scale at clip 1 bit for bit, including ties at .5, a zero token and an outlier."""
+    g = torch.Generator().manual_seed(bits)
+    x = torch.randn(2, 5, 16, generator=g) * 3  # (B, L, K)
+    x[0, 0] = (torch.arange(16) - 7.5) / 2  # exact ties of x / s
+    x[0, 1] = 0.0
+    x[1, 2, 3] = 1e4
+    ours = fake_quantize(x, QuantSpec(bits=bits, granularity="token", scale_mode="full"))
+    assert torch.equal(_ct_dynamic(x, bits), ours)
+
+
+def test_the_restricted_activation_scale_is_not_the_library_one():
+    """Why the export notes a difference: x = (7, 1) has amax / 7 = 1 (exact values) but the
+    library's s = 7 / 7.5 moves both."""
+    x = torch.tensor([[[7.0, 1.0]]])  # (B, L, K)
+    ours = fake_quantize(x, QuantSpec(bits=4, granularity="token"))
+    assert torch.equal(ours, x)
+    assert not torch.equal(_ct_dynamic(x, 4), ours)
+
+
+def test_an_exact_activation_spec_is_exported_without_a_note(tmp_path):
+    lin = torch.nn.Linear(16, 8)
+    model = torch.nn.Sequential()
+    model.add_module("proj", QuantLinear.from_linear(
+        lin, QuantSpec(bits=4), QuantSpec(bits=4, granularity="token", scale_mode="full")))
+    model.config = SimpleNamespace(model_type="toy")
+    config = json.loads((export_compressed_tensors(model, tmp_path / "ct") / "config.json")
+                        .read_text())
+    assert "bit for bit" in config["fairref_export"]["notes"][0]
+
+
+# --- (3) what the format cannot express is refused, naming the module and the reason --------
+
+
+def _one_linear(transform=None, a_spec=None, K=16):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential()
+    model.add_module("proj", QuantLinear.from_linear(torch.nn.Linear(K, 8), QuantSpec(bits=4),
+                                                     a_spec, transform=transform))
+    model.config = SimpleNamespace(model_type="toy")
+    return model
+
+
+@pytest.mark.parametrize("model, words", [
+    (lambda: _one_linear(RotationSpec("hadamard", 16)), ["proj", "Hadamard", "--method gptq"]),
+    (lambda: _one_linear(RotationSpec("random", 16, seed=3)), ["proj", "random orthogonal"]),
+    (lambda: _one_linear(a_spec=QuantSpec(bits=4, granularity="token", clip=0.9)),
+     ["proj", "clip ratio c = 0.9"]),
+    (lambda: _one_linear(a_spec=QuantSpec(bits=4, granularity="token", symmetric=False)),
+     ["proj", "asymmetrically"]),
+    (lambda: _one_linear(a_spec=QuantSpec(bits=4, granularity="group", group_size=4)),
+     ["proj", "per group"]),
+], ids=["hadamard", "random", "act-clip", "act-asym", "act-group"])
+def test_what_the_format_cannot_express_is_refused_and_nothing_written(model, words, tmp_path):
+    with pytest.raises(ValueError) as e:
+        export_compressed_tensors(model(), tmp_path / "ct")
+    for w in words:
+        assert w in str(e.value), (w, str(e.value))
+    assert not (tmp_path / "ct").exists() and list(tmp_path.iterdir()) == []
+
+
+def test_a_flat_calibrated_model_is_refused(data, tmp_path):
+    """The flat solver's learned Kronecker transform (here without a rotation under it)."""
+    from fairref.fair import FlatConfig
+
+    flat = Method("flat-plain", "flat", "plain", rotation=None)
+    model = calibrate(_teacher("llada"), flat, data["llada"], flat=FlatConfig(epochs=1)).model
+    with pytest.raises(ValueError, match=r"learned transform .*--method gptq"):
+        export_compressed_tensors(model, tmp_path / "ct")
+    assert not (tmp_path / "ct").exists()
+
