@@ -19,15 +19,17 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from fairref.cli import main
 from fairref.export import export_compressed_tensors
 from fairref.fair import Method
 from fairref.fair.pipeline import calibrate, prepare
 from fairref.diffusion import SamplerSettings
-from fairref.models import random_model
+from fairref.models import load, random_model
 from fairref.models.quantized import quantized_linears
 from fairref.quant.grid import QuantSpec, fake_quantize
 from fairref.quant.linear import QuantLinear
 from fairref.quant.rotation import RotationSpec
+from test_cli_pipeline import _one_error_line
 from tiny import tiny_config
 
 ct_q = pytest.importorskip("compressed_tensors.quantization")
@@ -253,3 +255,107 @@ def test_a_flat_calibrated_model_is_refused(data, tmp_path):
         export_compressed_tensors(model, tmp_path / "ct")
     assert not (tmp_path / "ct").exists()
 
+
+
+# --- (4) the command line -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    from test_cli_pipeline import _checkpoint, _jsonl
+
+    d = tmp_path_factory.mktemp("export_cli")
+    return _checkpoint(d / "m"), _jsonl(d / "prompts.jsonl")
+
+
+def _calibrate(ckpt, out, *extra):
+    from test_cli_pipeline import FAST
+
+    model, prompts = ckpt
+    return main(["calibrate", "--model", str(model), "--prompts", str(prompts), "--out",
+                 str(out), *FAST, *extra])
+
+
+def test_calibrate_exports_what_the_fairref_checkpoint_of_the_same_run_holds(ckpt, tmp_path,
+                                                                             capsys):
+    """`--format compressed-tensors` and the default SPEC §7 format, same run: the library's
+    decompression of the one is exactly the Ŵ of the other, reloaded; the config is the
+    source's own plus the quantization_config; tokenizer and sampler settings come along;
+    the calibration's "restricted" activation scale is noted on stdout."""
+    a, b = tmp_path / "ct", tmp_path / "ours"
+    assert _calibrate(ckpt, a, "--method", "gptq", "--format", "compressed-tensors") == 0
+    assert "note: input activations" in capsys.readouterr().out
+    assert _calibrate(ckpt, b, "--method", "gptq") == 0
+    ours = quantized_linears(load(b))
+    got = _decompress(a)
+    assert set(got) == set(ours)
+    for name, ql in ours.items():
+        assert torch.equal(got[name], ql.W_hat), name
+    model_dir = ckpt[0]
+    config = json.loads((a / "config.json").read_text())
+    source = json.loads((model_dir / "config.json").read_text())
+    assert {k: v for k, v in config.items()
+            if k not in ("quantization_config", "fairref_export")} == source
+    assert config["fairref_export"]["method"]["name"] == "gptq"
+    for f in ("tokenizer.json", "generation_config.json"):
+        assert (a / f).read_bytes() == (model_dir / f).read_bytes()
+
+
+@pytest.mark.parametrize("method, words", [
+    ("rtn", ["'rtn'", "Hadamard", "--method gptq"]),
+    ("quarot", ["'quarot'", "Hadamard"]),
+    ("flatquant", ["'flatquant'", "learned transform"]),
+    ("fair", ["'fair'", "learned transform", "--format fairref"]),
+])
+def test_a_method_the_format_cannot_carry_is_refused_before_calibrating(
+        method, words, ckpt, tmp_path, capsys, monkeypatch):
+    """One `error:` line saying why and what to use instead, exit 2, nothing written, and no
+    calibration run first (the refusal does not wait for the result)."""
+    import fairref.fair.pipeline as pipeline_module
+
+    def never(*a, **k):
+        raise AssertionError("calibration ran before the refusal")
+
+    monkeypatch.setattr(pipeline_module, "prepare", never)
+    monkeypatch.setattr(pipeline_module, "calibrate", never)
+    assert _calibrate(ckpt, tmp_path / "q", "--method", method,
+                      "--format", "compressed-tensors") == 2
+    _one_error_line(capsys, "--format compressed-tensors", *words)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_existing_output_needs_force(ckpt, tmp_path, capsys):
+    out = tmp_path / "ct"
+    out.mkdir()
+    (out / "keep").write_text("x")
+    assert _calibrate(ckpt, out, "--method", "gptq", "--format", "compressed-tensors") == 2
+    _one_error_line(capsys, str(out), "--force")
+    assert [p.name for p in out.iterdir()] == ["keep"]
+    assert _calibrate(ckpt, out, "--method", "gptq", "--format", "compressed-tensors",
+                      "--force", "--a-bits", "16") == 0
+    assert "note:" not in capsys.readouterr().out  # weight-only: nothing inexact to note
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "generation_config.json",
+                                                     "model.safetensors", "tokenizer.json"]
+
+
+def test_a_failed_write_leaves_nothing_behind(ckpt, tmp_path, monkeypatch, capsys):
+    """A disk error while writing the tensors: an `error:` line, and neither the output nor
+    a temporary directory is left (only the calibrate command's saved blocks, kept after an
+    OSError for --resume)."""
+    import fairref.export as export_module
+
+    def full_disk(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(export_module, "save_file", full_disk)
+    assert _calibrate(ckpt, tmp_path / "ct", "--method", "gptq",
+                      "--format", "compressed-tensors") == 2
+    _one_error_line(capsys, "No space left on device")
+    assert [p.name for p in tmp_path.iterdir()] == ["ct.partial"]
+
+
+def test_an_unknown_format_is_a_usage_error(ckpt, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        _calibrate(ckpt, tmp_path / "q", "--method", "gptq", "--format", "gguf")
+    assert e.value.code == 2
+    _one_error_line(capsys, "--format", "compressed-tensors")
