@@ -59,8 +59,13 @@ here pass. So:
   the grid would be silently dropped).
 
 Legend: N output features, K input features, b bits, g group size, G = K/g.
-Checked against: compressed-tensors 0.20.1 (``PackedQuantizationCompressor.decompress``,
-``CompressedTensorsDequantizer``, ``QuantizationConfig``), tests/test_export.py.
+Checked against: compressed-tensors 0.20.1 — its ``QuantizationConfig`` parses the config;
+``PackedQuantizationCompressor.decompress``, the model-free ``CompressedTensorsDequantizer``
+(weight-only schemes: it re-infers a scheme's format and takes any scheme with input
+activations for "int-quantized", ignoring the declared one) and its model-loading path
+(``apply_quantization_config``, ``ModelCompressor.compress_model`` / ``decompress_model``)
+give exactly Ŵ, and that loaded model's own quantized forward gives exactly our logits
+(W4A16, and W4A4 with the "full" activation scale); tests/test_export.py.
 """
 
 from __future__ import annotations

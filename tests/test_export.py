@@ -2,9 +2,10 @@
 
 The oracle is the compressed-tensors library itself (the ``crosscheck`` extra, 0.20.1): its
 ``QuantizationConfig`` parses the exported config, its ``PackedQuantizationCompressor``
-(looked up through the format the config declares, as its model loader does) and its
-model-free ``CompressedTensorsDequantizer`` turn the exported tensors back into weights,
-which must be *exactly* the dequantized weights Ŵ our QuantLinears compute with; its
+(looked up through the format the config declares, as its model loader does), its
+model-free ``CompressedTensorsDequantizer`` and its model-loading path turn the exported
+tensors back into weights, which must be *exactly* the dequantized weights Ŵ our
+QuantLinears compute with; the model it loads must compute exactly our logits, and its
 dynamic activation quantizer must equal ours bit for bit where the export claims it does.
 What the format cannot express must be refused before anything is written.
 
@@ -12,6 +13,7 @@ Models: tiny random LLaDA and Dream (d = 32, 2 blocks; Dream has q/k/v biases an
 Legend: B batch, L sequence, K input features, N output features.
 """
 
+import dataclasses
 import json
 from types import SimpleNamespace
 
@@ -24,7 +26,7 @@ from fairref.export import export_compressed_tensors
 from fairref.fair import Method
 from fairref.fair.pipeline import calibrate, prepare
 from fairref.diffusion import SamplerSettings
-from fairref.models import load, random_model
+from fairref.models import build, load, random_model
 from fairref.models.quantized import quantized_linears
 from fairref.quant.grid import QuantSpec, fake_quantize
 from fairref.quant.linear import QuantLinear
@@ -107,6 +109,37 @@ def test_the_library_decompresses_exactly_our_dequantized_weights(arch, method, 
     for name, ql in qls.items():
         if ql.bias is not None:
             assert torch.equal(tensors[f"{name}.bias"], ql.bias)
+
+
+@pytest.mark.parametrize("arch", ["llada", "dream"])
+@pytest.mark.parametrize("a_bits", [16, 4])
+def test_the_library_loads_the_export_and_computes_our_logits(arch, a_bits, data, tmp_path):
+    """The library's model-loading path (the one its Hugging Face integration runs:
+    ``apply_quantization_config`` on the float architecture, ``compress_model``, the
+    checkpoint's tensors loaded, ``decompress_model``) puts exactly Ŵ into every linear, and
+    its quantized forward (dynamic per-token input quantization at W4A4) gives exactly our
+    logits. At W4A4 the model's activation spec is SPEC §1's "full" scale, the one the
+    format states exactly (calibration's default "restricted" scale is only noted)."""
+    model = _quantized(arch, RTN_PLAIN, 4, a_bits, data)
+    for ql in quantized_linears(model).values():
+        if ql.a_spec is not None:
+            ql.a_spec = dataclasses.replace(ql.a_spec, scale_mode="full")
+    path = export_compressed_tensors(model, tmp_path / "ct")
+    qc = ct_q.QuantizationConfig.model_validate(
+        json.loads((path / "config.json").read_text())["quantization_config"])
+    theirs = build(model.config)  # the float architecture, as a loader builds it
+    ct_q.apply_quantization_config(theirs, qc)
+    compressor = ct_comp.ModelCompressor(quantization_config=qc)
+    compressor.compress_model(theirs)
+    missing, unexpected = theirs.load_state_dict(load_file(str(path / "model.safetensors")),
+                                                 strict=False)
+    assert missing == [] and unexpected == []
+    compressor.decompress_model(theirs)
+    for name, ql in quantized_linears(model).items():
+        assert torch.equal(theirs.get_submodule(name).weight.data, ql.W_hat), name
+    ids = torch.randint(0, 20, (2, 7), generator=torch.Generator().manual_seed(0))  # (B, L)
+    with torch.no_grad():
+        assert torch.equal(theirs.logits(ids), model.logits(ids))
 
 
 @pytest.mark.parametrize("w_bits", [4, 8])
