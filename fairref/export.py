@@ -258,6 +258,10 @@ def export_compressed_tensors(model: nn.Module, path: str | Path, *, method: dic
         "format": f"compressed-tensors {FORMAT}, checked against compressed-tensors {CT_VERSION}",
         "method": method or {},
         "exact": "every packed weight decompresses to fairref's dequantized weight bit for bit",
+        "cannot_express": "input rotations (SPEC §1) and the flat solver's learned transforms "
+                          "(SPEC §4.3d, whose o/down smoothing ζ could be folded only into "
+                          "v_proj/up_proj scales, not bit-exactly in float32); a model using "
+                          "them is refused, so none is present here",
         "notes": notes or ["activations, where quantized, use compressed-tensors' own dynamic "
                            "quantizer, which is fairref's bit for bit (SPEC §1 'full', clip 1)"],
     }

@@ -22,16 +22,16 @@ import torch
 from safetensors.torch import load_file
 
 from fairref.cli import main
-from fairref.export import export_compressed_tensors
-from fairref.fair import Method
-from fairref.fair.pipeline import calibrate, prepare
 from fairref.diffusion import SamplerSettings
+from fairref.export import export_compressed_tensors
+from fairref.fair import FlatConfig, Method
+from fairref.fair.pipeline import calibrate, prepare
 from fairref.models import build, load, random_model
 from fairref.models.quantized import quantized_linears
 from fairref.quant.grid import QuantSpec, fake_quantize
 from fairref.quant.linear import QuantLinear
 from fairref.quant.rotation import RotationSpec
-from test_cli_pipeline import _one_error_line
+from test_cli_pipeline import FAST, _checkpoint, _jsonl, _one_error_line
 from tiny import tiny_config
 
 ct_q = pytest.importorskip("compressed_tensors.quantization")
@@ -181,6 +181,25 @@ def test_every_weight_grid_decompresses_exactly(spec, K, tmp_path):
     assert torch.equal(got["proj"], ql.W_hat)
 
 
+def test_linears_of_different_schemes_get_a_group_each(tmp_path):
+    """Two weight grids in one model: one config group per scheme, each naming its modules
+    (``targets`` cannot be the class ``Linear`` then), and both decompress exactly."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential()
+    model.add_module("a", QuantLinear.from_linear(torch.nn.Linear(16, 8), QuantSpec(bits=4),
+                                                  None))
+    model.add_module("b", QuantLinear.from_linear(torch.nn.Linear(8, 8), QuantSpec(bits=8),
+                                                  None))
+    model.config = SimpleNamespace(model_type="toy")
+    path = export_compressed_tensors(model, tmp_path / "ct")
+    qc = ct_q.QuantizationConfig.model_validate(
+        json.loads((path / "config.json").read_text())["quantization_config"])
+    assert sorted((g.targets, g.weights.num_bits) for g in qc.config_groups.values()) == \
+        [(["a"], 4), (["b"], 8)]
+    got = _decompress(path)
+    assert torch.equal(got["a"], model.a.W_hat) and torch.equal(got["b"], model.b.W_hat)
+
+
 # --- (2) the config is a compressed-tensors QuantizationConfig ------------------------------
 
 
@@ -280,8 +299,6 @@ def test_what_the_format_cannot_express_is_refused_and_nothing_written(model, wo
 
 def test_a_flat_calibrated_model_is_refused(data, tmp_path):
     """The flat solver's learned Kronecker transform (here without a rotation under it)."""
-    from fairref.fair import FlatConfig
-
     flat = Method("flat-plain", "flat", "plain", rotation=None)
     model = calibrate(_teacher("llada"), flat, data["llada"], flat=FlatConfig(epochs=1)).model
     with pytest.raises(ValueError, match=r"learned transform .*--method gptq"):
@@ -295,15 +312,11 @@ def test_a_flat_calibrated_model_is_refused(data, tmp_path):
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    from test_cli_pipeline import _checkpoint, _jsonl
-
     d = tmp_path_factory.mktemp("export_cli")
     return _checkpoint(d / "m"), _jsonl(d / "prompts.jsonl")
 
 
 def _calibrate(ckpt, out, *extra):
-    from test_cli_pipeline import FAST
-
     model, prompts = ckpt
     return main(["calibrate", "--model", str(model), "--prompts", str(prompts), "--out",
                  str(out), *FAST, *extra])
