@@ -83,6 +83,7 @@ from fairref.quant.grid import QuantSpec
 from fairref.quant.int4 import pack_int32_ct
 from fairref.quant.linear import QuantLinear
 from fairref.quant.rotation import RotationSpec
+from fairref.quant.transform import KroneckerTransform
 
 FORMAT = "pack-quantized"
 #: the compressed-tensors version whose layout and semantics this export was checked against
@@ -93,8 +94,8 @@ _INSTEAD = ("export a method without an input transform (e.g. --method gptq), or
 
 
 def transform_refusal(kind: str) -> str:
-    """Why a linear whose input goes through transform ``kind`` ("hadamard", "random" or
-    "kronecker") cannot be exported exactly, and what to do instead (module docstring)."""
+    """Why a linear whose input goes through transform ``kind`` ("hadamard", "random",
+    "kronecker" or "other") cannot be exported exactly, and what to do instead (module docstring)."""
     why = {
         "hadamard": "its input is rotated by a block-wise Hadamard R (SPEC §1), so Ŵ is on the "
                     "int grid only in the rotated basis and R must run online; "
@@ -107,6 +108,8 @@ def transform_refusal(kind: str) -> str:
         "kronecker": "its input goes through the flat solver's learned transform "
                      "x diag(ζ)⁻¹ (P_l ⊗ P_r) (SPEC §4.3d), which compressed-tensors cannot "
                      "state, and folding it into the weight takes Ŵ off the int grid",
+        "other": "its input goes through an input transform that compressed-tensors cannot "
+                 "state, and folding it into the weight takes Ŵ off the int grid",
     }
     if kind not in why:
         raise ValueError(f"unknown transform kind {kind!r}; known: {sorted(why)}")
@@ -116,14 +119,10 @@ def transform_refusal(kind: str) -> str:
 def _transform_kind(transform) -> str:
     if isinstance(transform, RotationSpec):
         return transform.kind
-    # a KroneckerTransform, or any other learned transform: the same reason applies
-    return "kronecker"
+    return "kronecker" if isinstance(transform, KroneckerTransform) else "other"
 
 
 # --- schemes ----------------------------------------------------------------------------------
-
-_STRATEGY = {"channel": "channel", "group": "group", "tensor": "tensor", "token": "token"}
-
 
 def _weight_args(w: QuantSpec, where: str) -> dict:
     """compressed-tensors QuantizationArgs of a weight spec (its scales are stored, so the
@@ -132,9 +131,9 @@ def _weight_args(w: QuantSpec, where: str) -> dict:
         raise ValueError(f"{where}: an asymmetric per-tensor weight has no packed zero point in "
                          "compressed-tensors' pack-quantized layout; use per-channel or "
                          "per-group weights")
+    # our granularity names are compressed-tensors' strategy names
     return {"num_bits": w.bits, "type": "int", "symmetric": w.symmetric,
-            "group_size": w.group_size, "strategy": _STRATEGY[w.granularity],
-            "dynamic": False}
+            "group_size": w.group_size, "strategy": w.granularity, "dynamic": False}
 
 
 def _activation_args(a: QuantSpec | None, where: str) -> tuple[dict | None, str | None]:
@@ -154,7 +153,7 @@ def _activation_args(a: QuantSpec | None, where: str) -> tuple[dict | None, str 
                          "so the calibrated clip would be dropped; export a method without an "
                          "activation clip search, or weight-only (--a-bits 16)")
     args = {"num_bits": a.bits, "type": "int", "symmetric": True, "group_size": None,
-            "strategy": _STRATEGY[a.granularity], "dynamic": True}
+            "strategy": a.granularity, "dynamic": True}
     note = None
     if a.scale_mode != "full":
         qmax = 2 ** (a.bits - 1) - 1

@@ -270,6 +270,21 @@ def test_an_exact_activation_spec_is_exported_without_a_note(tmp_path):
 # --- (3) what the format cannot express is refused, naming the module and the reason --------
 
 
+class _Scale:
+    """A transform of another kind (x ↦ 2x, W ↦ W/2): refused for its kind, whatever it is."""
+
+    in_features = 16
+
+    def apply(self, x):
+        return 2 * x
+
+    def apply_weight(self, W):
+        return W / 2
+
+    def to_dict(self):
+        return {"type": "scale"}
+
+
 def _one_linear(transform=None, a_spec=None, K=16):
     torch.manual_seed(0)
     model = torch.nn.Sequential()
@@ -288,7 +303,8 @@ def _one_linear(transform=None, a_spec=None, K=16):
      ["proj", "asymmetrically"]),
     (lambda: _one_linear(a_spec=QuantSpec(bits=4, granularity="group", group_size=4)),
      ["proj", "per group"]),
-], ids=["hadamard", "random", "act-clip", "act-asym", "act-group"])
+    (lambda: _one_linear(_Scale()), ["proj", "input transform"]),
+], ids=["hadamard", "random", "act-clip", "act-asym", "act-group", "other-transform"])
 def test_what_the_format_cannot_express_is_refused_and_nothing_written(model, words, tmp_path):
     with pytest.raises(ValueError) as e:
         export_compressed_tensors(model(), tmp_path / "ct")
