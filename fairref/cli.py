@@ -419,6 +419,10 @@ def _add_calibrate(sub: argparse._SubParsersAction) -> None:
                         "(default: %(default)s)")
     p.add_argument("--out", type=Path, required=True, metavar="QDIR",
                    help="quantized checkpoint directory to write")
+    p.add_argument("--format", choices=("fairref", "compressed-tensors"), default="fairref",
+                   help="fairref: SPEC §7 (default); compressed-tensors: its pack-quantized "
+                        "layout (fairref/export.py), for methods without a rotation or learned "
+                        "transform (e.g. gptq); other methods are refused before calibrating")
     p.add_argument("--resume", action="store_true",
                    help="continue the interrupted run saved in QDIR.partial/ (same settings "
                         "required; the result is byte-identical to an uninterrupted run)")
@@ -507,6 +511,14 @@ def _write_calibrated(result, args) -> None:
 
     # the wall time stays out of the checkpoint: same inputs and seed → the same bytes
     desc = result.description()
+    if args.format == "compressed-tensors":
+        from fairref.export import compressed_tensors_config, export_compressed_tensors
+
+        export_compressed_tensors(result.model, args.out, method=desc, source=args.model,
+                                  overwrite=args.force)
+        for note in compressed_tensors_config(result.model)[1]:
+            print(f"note: {note}")  # also in the exported config.json (fairref_export.notes)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         prior_file = None
         if result.prior is not None:  # the prior as the method used it (ablation applied)
@@ -532,6 +544,12 @@ def _run_calibrate(args: argparse.Namespace) -> int:
         raise ValueError(f"--prior: method {method.name!r} does not weight tokens by a prior "
                          "(only the fair* methods do); drop --prior")
     _check_out(args.out, args.force)
+    if args.format == "compressed-tensors" and (method.rotation or method.solver == "flat"):
+        from fairref.export import transform_refusal
+
+        raise ValueError(f"--format compressed-tensors: method {method.name!r} cannot be exported: "
+                         + transform_refusal("kronecker" if method.solver == "flat"
+                                             else method.rotation))
     partial = _partial_dir(args.out)
     if partial.exists() and not args.resume and not args.force:
         raise FileExistsError(f"{partial} holds an interrupted run of this output; pass "
