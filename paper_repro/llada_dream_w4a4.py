@@ -42,9 +42,11 @@ skips finished methods and reuses the caches; other settings are refused unless
 ``--force`` (which discards the old results). ``results.json`` and ``results.md`` are
 rebuilt from the method files after every run (the same bytes when nothing was left).
 
-Memory: the teacher and one quantized copy in ``--dtype`` at a time (LLaDA-8B in bfloat16
-≈ 2 × 16 GB) plus the calibration activations of one block; cost in GPU-hours: README
-section "Reproducing the paper on LLaDA-8B / Dream-7B".
+Memory: the teacher and one quantized copy in ``--dtype`` at a time plus the calibration
+activations of one block: in float32 (the default, which the flat solver of flatquant,
+masked-uniform and fair needs today) about 2 × 32 GB for LLaDA-8B and 2 × 30 GB for
+Dream-7B; ``--dtype bfloat16`` halves that for rtn / quarot only. Cost in GPU-hours: the
+README section "Reproducing the paper on LLaDA-8B / Dream-7B".
 
 Run: PYTHONPATH=. python paper_repro/llada_dream_w4a4.py --model DIR --data test.jsonl
      --out runs/llada_w4a4 --device cuda [--calib train.jsonl] [--n-calib N] [--n-eval N]
@@ -110,7 +112,7 @@ class ReproConfig:
     n_eval: int = 500  # held-out evaluation problems
     methods: tuple[str, ...] = METHODS
     seed: int = 0  # split, rollouts, flat solver's batch order, bootstrap
-    dtype: str = "bfloat16"  # the published checkpoints' dtype
+    dtype: str = "float32"  # the reference's arithmetic (the flat solver needs it today)
     device: str = "cpu"
     epochs: int = 15  # flat solver epochs per block (SPEC §4.3d)
     states_per_rollout: int = 4  # S of SPEC §4.1
@@ -177,6 +179,12 @@ def sampler_settings(family: str, overrides: dict) -> SamplerSettings:
     if unused:
         raise ValueError(f"{', '.join(SAMPLER_FLAGS[k] for k in unused)}: not an option of "
                          f"the {family} sampler; drop it")
+    if family == "llada":  # checked here, before any work, with the flags' names
+        G, B, T = settings.gen_length, settings.block_length or settings.gen_length, settings.steps
+        if G % B or T % (G // B):
+            raise ValueError(f"LLaDA needs --gen-length ({G}) to be a multiple of "
+                             f"--block-length ({B}) and --steps ({T}) a multiple of the number "
+                             f"of blocks ({G / B:g}); adjust the three together")
     return settings
 
 
@@ -221,6 +229,11 @@ def run(cfg: ReproConfig, log=print) -> dict:
     """Everything of the module docstring; returns the results written to results.json."""
     for m in cfg.methods:
         get_method(m)  # an unknown name lists the known ones
+    flat = [m for m in cfg.methods if get_method(m).solver == "flat"]
+    if cfg.dtype != "float32" and flat:
+        raise ValueError(f"--dtype {cfg.dtype}: the flat solver of {', '.join(flat)} trains "
+                         "on float32 blocks and fails on a lower-precision model; use --dtype "
+                         "float32 (32 GB per copy of an 8B model) or drop those methods")
     tok = load_tokenizer(cfg.model)
     if tok.chat_format is None:
         raise ValueError(f"--model {cfg.model}: its tokenizer_config.json has no chat_template "

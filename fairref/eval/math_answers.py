@@ -9,8 +9,8 @@ it"; for math word problems this file is that parser, used by
 ``"question"`` (the key of :mod:`fairref.prompts`); other keys are ignored. Errors name the
 line.
 
-**Reference answer.** The text after the *last* ``####`` of ``answer``, with commas, ``$``,
-spaces and one trailing ``.`` removed, must be one number: an integer, a decimal
+**Reference answer.** The text after the *last* ``####`` of ``answer``, stripped, with
+commas, ``$`` and one trailing ``.`` removed, must be one number: an integer, a decimal
 (``-0.5``, ``.5``) or a fraction ``a/b``. It is kept as an exact :class:`~fractions.Fraction`.
 
 **Predicted answer** of a completion, the first rule that finds a number:
@@ -68,7 +68,7 @@ class MathProblem:
 
 def parse_number(text: str) -> Fraction | None:
     """The exact value of one number token (``$1,234.50``, ``-3/4``); None if it is none."""
-    t = text.replace(",", "").replace("$", "").replace(" ", "")
+    t = re.sub(r"\$\s?", "", text).replace(",", "")  # "$ 1,234" → "1234"; "3 4" stays
     if not _REFERENCE.fullmatch(t) or not any(c.isdigit() for c in t):
         return None
     num, _, den = t.partition("/")
@@ -95,8 +95,7 @@ def reference_answer(answer: str) -> Fraction:
         raise ValueError('the answer has no "####" before its final number '
                          f"(got {answer.strip()[-60:]!r}); end it with e.g. \"#### 42\"")
     tail = answer.rsplit("####", 1)[1].strip()
-    cleaned = tail.replace(",", "").replace("$", "").replace(" ", "").removesuffix(".")
-    value = parse_number(cleaned)
+    value = parse_number(tail.removesuffix("."))
     if value is None:
         raise ValueError(f'the text after the last "####" is {tail!r}, not a number; write '
                          'one integer, decimal or fraction there (e.g. "#### 1,234")')
