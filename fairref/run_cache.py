@@ -88,8 +88,9 @@ def save_calib_data(data: CalibData, folder: str | Path, overwrite: bool = False
         (tmp / "calib_data.json").write_text(json.dumps(meta, indent=1) + "\n")
 
 
-def load_calib_data(folder: str | Path) -> CalibData:
-    """The :class:`CalibData` written by :func:`save_calib_data` (``probe=None``)."""
+def load_calib_data(folder: str | Path, device="cpu") -> CalibData:
+    """The :class:`CalibData` written by :func:`save_calib_data` (``probe=None``), its
+    states on ``device`` (the model's: Stage II calibrates there)."""
     folder = Path(folder)
     meta = read_json(folder / "calib_data.json", "calibration data cache")
     tensors, _ = _read(folder / "states.safetensors")
@@ -97,7 +98,7 @@ def load_calib_data(folder: str | Path) -> CalibData:
     def states(kind: str) -> CalibStates:
         own = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith(kind + ".")}
         return CalibStates(attention_mask=own.pop("attention_mask", None),
-                           prompt_len=meta["prompt_len"][kind], **own)
+                           prompt_len=meta["prompt_len"][kind], **own).to(device)
 
     return CalibData(prior=Prior.load(folder / "prior.json"), masked=states("masked"),
                      plain=states("plain"), probe=None, seconds=meta["seconds"])

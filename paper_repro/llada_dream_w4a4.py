@@ -274,7 +274,7 @@ def run(cfg: ReproConfig, log=print) -> dict:
                                attention_mask=None if c_attn is None else c_attn.to(device))
             save_calib_data(data, d_dir)
         if needs_data:
-            data = load_calib_data(d_dir)  # the cached bytes, as a resumed run sees them
+            data = load_calib_data(d_dir, device)  # the cached bytes, as a resume sees them
         fp = evaluate(teacher, {}, ids, settings, attention_mask=attn, teacher_traces=traces,
                       **scoring)
         write_text_atomic(t_dir.parent / "fp.json",

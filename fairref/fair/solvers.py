@@ -237,7 +237,8 @@ class _FlatLinear(nn.Module):
         self.register_buffer("bias", None if lin.bias is None else lin.bias.detach().to(torch.float32).clone())
         self.site = [site]  # a list, so the shared site is not registered as a child
         self.folded, self.w_spec, self.a_spec = folded, w_spec, a_spec
-        self.eta_w = nn.Parameter(torch.full((lin.out_features, 1), float(eta_init)))  # (N, 1)
+        self.eta_w = nn.Parameter(torch.full((lin.out_features, 1), float(eta_init),
+                                             device=lin.weight.device))  # (N, 1)
 
     def forward(self, x: Tensor) -> Tensor:
         site = self.site[0]
@@ -312,7 +313,8 @@ class FlatCalibration:
         self.block, self.groups, self.run = block, [list(g) for g in groups], run
         self.X, self.Y, self.mask = X.to(torch.float32), Y.to(torch.float32), attention_mask
         self.w = None if w is None else w.to(torch.float64)  # (B, L) raw weights
-        w64 = torch.ones(X.shape[:2], dtype=torch.float64) if w is None else self.w
+        w64 = (torch.ones(X.shape[:2], dtype=torch.float64, device=X.device) if w is None
+               else self.w)
         w_bar = float(w64.mean())  # w̄ over all calibration rows
         if not w_bar > 0:
             raise ValueError("w is zero on every row: there is nothing to calibrate on")
@@ -335,7 +337,8 @@ class FlatCalibration:
             if config.smooth:
                 Wcat = torch.cat([l.weight.detach().to(torch.float32) for l in lins])  # (ΣN, K)
                 zeta = smooth_factors(absmax[gi], Wcat, config.alpha)  # (K,)
-            site = _Site(lins[0].in_features, zeta, rotation, rotation_seed, config)
+            site = _Site(lins[0].in_features, zeta, rotation, rotation_seed,
+                         config).to(self.X.device)  # built on the CPU, trained beside X
             self.sites.append(site)
             folded = zeta is not None and norm_names[gi] is not None
             for n, lin in zip(group, lins):
