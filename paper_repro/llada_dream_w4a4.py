@@ -28,8 +28,8 @@ Sampler defaults, the published ones for such tasks (each field overridable by a
   are random: every rollout draws from a generator seeded ``--seed``.
 
 Methods (default ``rtn quarot flatquant masked-uniform fair``, SPEC §4.4) are calibrated at
-W4A4 on the same Stage I data (one :func:`fairref.fair.pipeline.prepare` call on the
-calibration prompts) and evaluated one at a time with :func:`fairref.eval.run.evaluate`
+W4A4 on the same Stage I data (what :func:`fairref.fair.pipeline.prepare` computes on the
+calibration prompts, batched: :func:`stage1`) and evaluated one at a time with :func:`fairref.eval.run.evaluate`
 against the FP teacher on the evaluation prompts: accuracy with its 95% bootstrap
 interval, frontier token and set flips, masked KL, post-commit mismatch; and a paired test
 of ``fair`` against each other method on per-problem outcomes
@@ -61,10 +61,12 @@ import hashlib
 import json
 import shutil
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
 from fairref.diffusion import SamplerSettings
 from fairref.eval.compare import per_problem
@@ -72,8 +74,10 @@ from fairref.eval.math_answers import (draw_problems, is_correct, read_math_json
                                        split_problems)
 from fairref.eval.run import evaluate, teacher_rollouts
 from fairref.eval.stats import paired_comparison
-from fairref.fair import FlatConfig, get_method
-from fairref.fair.pipeline import calibrate, prepare
+from fairref.fair import FlatConfig, PriorConfig, get_method
+from fairref.fair.pipeline import CalibData, calibrate
+from fairref.fair.prior import estimate_prior
+from fairref.fair.states import plain_inputs, teacher_states
 from fairref.files import read_json, write_text_atomic
 from fairref.models import load, load_tokenizer
 from fairref.models.checkpoint import read_config
@@ -96,7 +100,6 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 SAMPLER_FLAGS = {"steps": "--steps", "gen_length": "--gen-length",
                  "block_length": "--block-length", "temperature": "--temperature",
                  "remasking": "--remasking", "alg": "--alg", "top_p": "--top-p"}
-CHUNK = 256  # evaluation prompts per sampler call (fairref.eval.run.evaluate's default)
 
 
 @dataclass(frozen=True)
@@ -116,10 +119,27 @@ class ReproConfig:
     device: str = "cpu"
     epochs: int = 15  # flat solver epochs per block (SPEC §4.3d)
     states_per_rollout: int = 4  # S of SPEC §4.1
+    batch: int = 8  # prompts per sampler call and states per teacher-forced pass (memory)
     w_bits: int = 4
     a_bits: int = 4
     sampler: dict = dataclasses.field(default_factory=dict)  # overrides of SAMPLERS
     force: bool = False
+
+
+def stage1(teacher, ids: Tensor, attn: Tensor | None, settings: SamplerSettings,
+           cfg: ReproConfig) -> CalibData:
+    """Stage I on the calibration prompts ``ids`` (C, P): what
+    :func:`fairref.fair.pipeline.prepare` computes, with the rollouts run ``cfg.batch``
+    prompts at a time (one batch of 128 prompts would need ~45 GB for the float64 softmax
+    of LLaDA's 126k-token vocabulary alone). Lead: call ``prepare`` here once it passes a
+    ``batch_size`` on to ``estimate_prior``."""
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        prior, result = estimate_prior(teacher, ids, settings, PriorConfig(), seed=cfg.seed,
+                                       attention_mask=attn, batch_size=cfg.batch)
+    S = cfg.states_per_rollout
+    return CalibData(prior, teacher_states(result.traces, result.bands, S),
+                     plain_inputs(result.traces, S), result, time.perf_counter() - t0)
 
 
 def quantize(teacher, method: str, data, cfg: ReproConfig):
@@ -195,7 +215,7 @@ def run_record(cfg: ReproConfig, family: str, settings: SamplerSettings, calib, 
             "calib_questions": _questions_hash(calib), "eval_questions": _questions_hash(evals),
             "n_calib": len(calib), "n_eval": len(evals), "seed": cfg.seed, "dtype": cfg.dtype,
             "w_bits": cfg.w_bits, "a_bits": cfg.a_bits, "epochs": cfg.epochs,
-            "states_per_rollout": cfg.states_per_rollout, "chunk": CHUNK,
+            "states_per_rollout": cfg.states_per_rollout, "batch": cfg.batch,
             "sampler": dataclasses.asdict(settings), "chat": True,
             "answer_rule": "fairref.eval.math_answers v1"}
 
@@ -203,6 +223,11 @@ def run_record(cfg: ReproConfig, family: str, settings: SamplerSettings, calib, 
 def claim_out(cfg: ReproConfig, record: dict) -> None:
     """Write ``out/run.json``, or check that an earlier run there had the same record."""
     run_file = cfg.out / "run.json"
+    if cfg.out.exists() and not cfg.out.is_dir():
+        raise FileExistsError(f"--out {cfg.out} is a file; give a folder")
+    if cfg.out.is_dir() and any(cfg.out.iterdir()) and not run_file.is_file():
+        raise FileExistsError(f"--out {cfg.out} is a non-empty folder that holds no run of "
+                              "this script (no run.json); choose an empty or new folder")
     if run_file.exists():
         old = read_json(run_file, "run record")
         if old.get("record") != record:
@@ -248,54 +273,55 @@ def run(cfg: ReproConfig, log=print) -> dict:
     for m in cfg.methods:
         if m not in pending:
             log(f"{m}: finished earlier with the same settings, skipped")
-    t_dir, d_dir = cfg.out / "cache" / "teacher_eval", cfg.out / "cache" / "stage1"
-    needs_data = any(get_method(m).needs_data for m in pending)
-    if pending or not t_dir.is_dir():
-        device = torch.device(cfg.device)
-        teacher = load(cfg.model, dtype=DTYPES[cfg.dtype], device=device)
-        fmt = PromptFormat(chat=True)
-        ids, attn = encode_prompts(tok, [p.question for p in evals], fmt)  # (N, P)
-        ids, attn = ids.to(device), None if attn is None else attn.to(device)
-        scoring = dict(problems=evals, decode=_decoder(tok), check=is_correct,
-                       eos_token_id=tok.eos_token_id, seed=cfg.seed, chunk=CHUNK)
-        if not t_dir.is_dir():
-            log(f"teacher rollouts on {len(evals)} evaluation problems")
-            traces = teacher_rollouts(teacher, ids, settings, attention_mask=attn,
-                                      chunk=CHUNK, seed=cfg.seed)
-            save_traces(traces, t_dir)
-        traces = load_traces(t_dir)
-        data = None
-        if needs_data and not d_dir.is_dir():
-            log(f"Stage I on {len(calib)} calibration problems")
-            c_ids, c_attn = encode_prompts(tok, [p.question for p in calib], fmt)  # (C, P')
-            with torch.no_grad():
-                data = prepare(teacher, c_ids.to(device), settings,
-                               states_per_rollout=cfg.states_per_rollout, seed=cfg.seed,
-                               attention_mask=None if c_attn is None else c_attn.to(device))
-            save_calib_data(data, d_dir)
-        if needs_data:
-            data = load_calib_data(d_dir, device)  # the cached bytes, as a resume sees them
-        fp = evaluate(teacher, {}, ids, settings, attention_mask=attn, teacher_traces=traces,
-                      **scoring)
-        write_text_atomic(t_dir.parent / "fp.json",
-                          json.dumps({k: v for k, v in fp.models["FP"].to_dict(seed=cfg.seed).items()
-                                      if k != "seconds"}, indent=1) + "\n")
-        for m in progress_bar(pending, desc="methods", unit="method"):
-            log(f"{m}: calibrating and evaluating")
-            cal = quantize(teacher, m, data, cfg)
-            res = evaluate(teacher, {m: cal.model}, ids, settings, attention_mask=attn,
-                           teacher_traces=traces, **scoring)
-            out = {"record": record, "method": cal.description(),
-                   "calib_seconds": round(cal.seconds, 2), "device": str(device),
-                   "eval": res.models[m].to_dict(seed=cfg.seed),
-                   "outcomes": {k: v.tolist() for k, v in per_problem(res.models[m]).items()}}
-            write_text_atomic(cfg.out / "methods" / f"{m}.json",
-                              json.dumps(out, indent=1, allow_nan=False) + "\n")
-            del cal, res
+    if pending:
+        run_methods(cfg, record, tok, settings, calib, evals, pending, log)
     results = assemble(cfg, record)
     write_text_atomic(cfg.out / "results.json", json.dumps(results, indent=1) + "\n")
     write_text_atomic(cfg.out / "results.md", markdown(results) + "\n")
     return results
+
+
+def run_methods(cfg: ReproConfig, record: dict, tok, settings: SamplerSettings, calib,
+                evals, pending: list[str], log) -> None:
+    """Calibrate and evaluate each pending method, reusing (or making) the caches."""
+    device = torch.device(cfg.device)
+    teacher = load(cfg.model, dtype=DTYPES[cfg.dtype], device=device)
+    fmt = PromptFormat(chat=True)
+    ids, attn = encode_prompts(tok, [p.question for p in evals], fmt)  # (N, P)
+    ids, attn = ids.to(device), None if attn is None else attn.to(device)
+    scoring = dict(attention_mask=attn, problems=evals, decode=_decoder(tok),
+                   check=is_correct, eos_token_id=tok.eos_token_id, seed=cfg.seed,
+                   chunk=cfg.batch, batch_size=cfg.batch)
+    t_dir, d_dir = cfg.out / "cache" / "teacher_eval", cfg.out / "cache" / "stage1"
+    if not t_dir.is_dir():
+        log(f"teacher rollouts on {len(evals)} evaluation problems")
+        save_traces(teacher_rollouts(teacher, ids, settings, attention_mask=attn,
+                                     chunk=cfg.batch, seed=cfg.seed), t_dir)
+    traces = load_traces(t_dir)
+    fp = evaluate(teacher, {}, ids, settings, teacher_traces=traces, **scoring).models["FP"]
+    write_text_atomic(cfg.out / "cache" / "fp.json", json.dumps(
+        {k: v for k, v in fp.to_dict(seed=cfg.seed).items() if k != "seconds"}, indent=1)
+        + "\n")
+    data = None
+    if any(get_method(m).needs_data for m in pending):
+        if not d_dir.is_dir():
+            log(f"Stage I on {len(calib)} calibration problems")
+            c_ids, c_attn = encode_prompts(tok, [p.question for p in calib], fmt)  # (C, P')
+            save_calib_data(stage1(teacher, c_ids.to(device), None if c_attn is None
+                                   else c_attn.to(device), settings, cfg), d_dir)
+        data = load_calib_data(d_dir, device)  # the cached bytes, as a resume sees them
+    for m in progress_bar(pending, desc="methods", unit="method"):
+        log(f"{m}: calibrating and evaluating")
+        cal = quantize(teacher, m, data, cfg)
+        res = evaluate(teacher, {m: cal.model}, ids, settings, teacher_traces=traces,
+                       **scoring).models[m]
+        out = {"record": record, "method": cal.description(),
+               "calib_seconds": round(cal.seconds, 2), "device": str(device),
+               "eval": res.to_dict(seed=cfg.seed),
+               "outcomes": {k: v.tolist() for k, v in per_problem(res).items()}}
+        write_text_atomic(cfg.out / "methods" / f"{m}.json",
+                          json.dumps(out, indent=1, allow_nan=False) + "\n")
+        del cal, res  # one quantized copy at a time
 
 
 def _decoder(tok):
@@ -408,6 +434,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="flat solver epochs per block (default: %(default)s)")
     ap.add_argument("--states", type=positive_int, default=d["states_per_rollout"].default,
                     help="calibration states per rollout, SPEC §4.1 (default: %(default)s)")
+    ap.add_argument("--batch", type=positive_int, default=d["batch"].default,
+                    help="prompts per sampler call and states per teacher-forced pass: the "
+                         "memory knob (default: %(default)s)")
     g = ap.add_argument_group("sampler overrides (defaults: the published settings above)")
     g.add_argument("--steps", type=positive_int)
     g.add_argument("--gen-length", type=positive_int)
@@ -431,7 +460,8 @@ def config_from_args(args: argparse.Namespace) -> ReproConfig:
                        n_calib=args.n_calib, n_eval=args.n_eval,
                        methods=tuple(dict.fromkeys(args.methods)), seed=args.seed,
                        dtype=args.dtype, device=args.device, epochs=args.epochs,
-                       states_per_rollout=args.states, sampler=sampler, force=args.force)
+                       states_per_rollout=args.states, batch=args.batch, sampler=sampler,
+                       force=args.force)
 
 
 def main(argv=None) -> int:

@@ -267,6 +267,7 @@ def test_rerun_with_other_settings_is_refused_unless_forced(dirs, tmp_path, caps
     ("cuda", "CUDA is not available"),
     ("bfloat16 flat", "--dtype bfloat16: the flat solver of fair"),
     ("overlap", "also a calibration question"),
+    ("foreign out", "holds no run of this script"),
 ])
 def test_bad_inputs_are_one_error_line(dirs, tmp_path, capsys, case, match):
     if case == "cuda" and torch.cuda.is_available():
@@ -289,6 +290,9 @@ def test_bad_inputs_are_one_error_line(dirs, tmp_path, capsys, case, match):
         extra = ["--dtype", "bfloat16", "--methods", "rtn", "fair"]
     elif case == "overlap":
         extra += ["--calib", str(data)]
+    elif case == "foreign out":
+        (tmp_path / "out").mkdir()
+        (tmp_path / "out" / "notes.txt").write_text("mine")
     assert repro.main(_args(model, data, tmp_path / "out", *extra)) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1
@@ -303,3 +307,22 @@ def test_help_says_what_the_user_provides_and_the_sampler_sources(capsys):
     for needle in ("LLaDA-8B-Instruct", "Dream-v0-Instruct-7B", "#### 42", "generate.py",
                    "eval_instruct/eval.sh", "Memory", "Reproducing the paper"):
         assert needle in text, needle
+
+
+def test_stage1_is_what_prepare_computes(tmp_path):
+    """The script's batched Stage I stands in for pipeline.prepare until prepare takes a
+    batch size; with every prompt in one batch it must be the same computation."""
+    from fairref.fair.pipeline import prepare
+    from fairref.models import load
+
+    model = load(write_tiny_instruct(tmp_path / "llada", "llada"))
+    ids = torch.randint(0, 100, (3, 5))
+    settings = SamplerSettings(steps=4, gen_length=4)
+    cfg = repro.ReproConfig(model=tmp_path, data=tmp_path, out=tmp_path, batch=8,
+                            states_per_rollout=2)
+    ours = repro.stage1(model, ids, None, settings, cfg)
+    ref = prepare(model, ids, settings, states_per_rollout=2)
+    _same(ours.prior.pi, ref.prior.pi, "pi")
+    for kind in ("masked", "plain"):
+        for name, v in vars(getattr(ref, kind)).items():
+            _same(v, getattr(getattr(ours, kind), name), (kind, name))
