@@ -200,7 +200,6 @@ def _snapshot(out: Path) -> dict:
             if f.is_file()}
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["llada", "dream"])
 def test_script_runs_end_to_end_and_a_rerun_resumes(dirs, tmp_path, arch, capsys):
     out = tmp_path / "out"
