@@ -70,14 +70,15 @@ class HessianAccumulator:
         if isinstance(K, bool) or not isinstance(K, int) or K < 1:
             raise ValueError(f"K (the number of input features) must be a positive int, got {K!r}")
         self.K = K
-        self.S = torch.zeros(K, K, dtype=torch.float64)  # (K, K): Σ w x xᵀ
+        self.S: Tensor | None = None  # (K, K): Σ w x xᵀ, made by the first add
         self.weight_sum = 0.0  # Σ w, a Python float (float64)
         self.n_tokens = 0  # tokens seen, zero-weight ones included
 
     def add(self, X: Tensor, weights: Tensor | None = None) -> "HessianAccumulator":
         """Add a batch X (T, K) or (..., K) with per-token weights (T,) (None means 1)."""
         X2, w = _flatten_tokens(X, weights, self.K)  # (T, K), (T,)
-        self.S = self.S.to(X2.device)  # S accumulates where the inputs live (CPU until then)
+        if self.S is None:  # S accumulates where the inputs live
+            self.S = torch.zeros(self.K, self.K, dtype=torch.float64, device=X2.device)
         # Xᵀ (w ⊙ X) rather than (√w X)ᵀ(√w X): no square root, so an integer weight such as
         # 2 is applied exactly (a duplicated token and weight 2 then agree to summation order).
         self.S += X2.T @ (w[:, None] * X2)  # (K, T) @ (T, K) -> (K, K)
