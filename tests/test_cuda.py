@@ -8,15 +8,24 @@ outputs exist and hold what the CPU run's outputs hold (the same keys, rates in 
 Bit-equality with the CPU is not expected (other kernels). Without CUDA those tests are
 skipped and the remaining ones check that asking for it is one ``error:`` line, exit 2,
 before any work.
+
+On any machine, :func:`test_gpu_paths_create_no_tensor_on_the_default_device` audits the
+code that runs on the model's device: Stage I, every solver of Stage II and the
+evaluation run on the CPU while a tensor factory called without ``device=`` (outside the
+files whose tensors live on the CPU by design) makes a ``meta`` tensor instead, so the
+first op that mixes it with real data fails. On a GPU such a tensor would sit on the CPU
+beside CUDA inputs: the same failure.
 """
 
 import importlib.util
+import inspect
 import json
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
 from fairref.cli import main
 from fairref.toy import checkpoint_dir
@@ -96,3 +105,66 @@ def test_device_that_is_not_cpu_or_cuda_is_one_error_line(tmp_path, capsys, name
     assert main(["probe", *TOY, "--out", str(tmp_path / "p.json"), "--device", name]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: --device"), err
+
+
+#: factories that take a device; called without one they allocate on the default device
+FACTORIES = {torch.zeros, torch.ones, torch.full, torch.empty, torch.arange, torch.eye,
+             torch.tensor, torch.rand, torch.randn, torch.randint, torch.linspace}
+#: where tensors live on the CPU by design (traces, priors, statistics, file I/O; the
+#: solver's batch order from a seeded CPU generator), or are built there and moved in one
+#: step; every other factory call on the GPU path must say where its tensor goes
+CPU_BY_DESIGN = ("diffusion/trace.py", "diffusion/sampler.py", "fair/probe.py",
+                 "fair/states.py", "fair/prior.py", "eval/metrics.py", "eval/stats.py",
+                 "eval/compare.py", "eval/stability.py", "eval/teacher_forced.py",
+                 "quant/rotation.py", "quant/transform.py", "quant/int4.py",
+                 "models/checkpoint.py", "models/quantized.py",
+                 "diffusion/dream_sampler.py")  # its (B,) k_t rows go straight to the trace
+
+
+class _DefaultDeviceIsMeta(TorchFunctionMode):
+    """Factory calls from fairref without ``device=`` (outside CPU_BY_DESIGN) make meta
+    tensors; 0-dim ones are left alone (a 0-dim CPU tensor mixes with any device)."""
+
+    def __init__(self):
+        super().__init__()
+        self.sites: set[str] = set()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in FACTORIES and kwargs.get("device") is None and not _zero_dim(func, args):
+            frame = inspect.currentframe().f_back
+            file = frame.f_code.co_filename.replace("\\", "/")
+            if "/fairref/" in file:
+                where = file.split("/fairref/")[-1]
+                if not where.startswith(CPU_BY_DESIGN):
+                    self.sites.add(f"{where}:{frame.f_lineno}")
+                    kwargs = dict(kwargs, device="meta")
+        return func(*args, **kwargs)
+
+
+def _zero_dim(func, args) -> bool:
+    if func is torch.tensor:
+        return bool(args) and isinstance(args[0], (int, float, bool))
+    return bool(args) and args[0] in ((), [])
+
+
+@pytest.mark.parametrize("arch", ["llada", "dream"])
+def test_gpu_paths_create_no_tensor_on_the_default_device(tmp_path, arch):
+    from fairref.diffusion import SamplerSettings
+    from fairref.eval.run import evaluate
+    from fairref.fair import FlatConfig
+    from fairref.fair.pipeline import calibrate, prepare
+    from fairref.models import load
+    from tiny import write_tiny_instruct
+
+    model = load(write_tiny_instruct(tmp_path / arch, arch))
+    ids = torch.randint(0, 100, (3, 5))  # (B, P)
+    settings = (SamplerSettings(steps=4, gen_length=4) if arch == "llada" else
+                SamplerSettings(steps=4, gen_length=4, alg="entropy", temperature=0.1,
+                                top_p=0.9))  # a random sampler: generators are exercised
+    with _DefaultDeviceIsMeta():
+        data = prepare(model, ids, settings, states_per_rollout=2)
+        students = {m: calibrate(model, m, data, flat=FlatConfig(epochs=1)).model
+                    for m in ("rtn", "quarot", "masked-uniform", "fair", "fair-gptq")}
+        result = evaluate(model, students, ids, settings, lag_problems=1)
+    assert set(result.models) == {"FP", *students}
