@@ -84,6 +84,7 @@ from fairref.models.checkpoint import read_config
 from fairref.models.config import DreamConfig
 from fairref.models.tokenizer import PromptFormat, encode_prompts
 from fairref.progress import progress_bar
+from fairref.prompts import text_decoder
 from fairref.run_cache import load_calib_data, load_traces, save_calib_data, save_traces
 
 #: the published sampler settings for math word problems (module docstring)
@@ -104,8 +105,9 @@ SAMPLER_FLAGS = {"steps": "--steps", "gen_length": "--gen-length",
 
 @dataclass(frozen=True)
 class ReproConfig:
-    """One run (module docstring); every field but ``out``, ``device`` and ``force``
-    determines the results and is recorded in ``run.json``."""
+    """One run (module docstring); every field but ``out``, ``methods``, ``device`` and
+    ``force`` determines the results and is recorded in ``run.json`` (adding a method to
+    a finished run resumes it)."""
 
     model: Path
     data: Path
@@ -259,6 +261,9 @@ def run(cfg: ReproConfig, log=print) -> dict:
         raise ValueError(f"--dtype {cfg.dtype}: the flat solver of {', '.join(flat)} trains "
                          "on float32 blocks and fails on a lower-precision model; use --dtype "
                          "float32 (32 GB per copy of an 8B model) or drop those methods")
+    if not cfg.model.is_dir():
+        raise FileNotFoundError(f"--model {cfg.model}: no such directory; give a local "
+                                "LLaDA-8B-Instruct or Dream-v0-Instruct-7B directory")
     tok = load_tokenizer(cfg.model)
     if tok.chat_format is None:
         raise ValueError(f"--model {cfg.model}: its tokenizer_config.json has no chat_template "
@@ -289,7 +294,7 @@ def run_methods(cfg: ReproConfig, record: dict, tok, settings: SamplerSettings, 
     fmt = PromptFormat(chat=True)
     ids, attn = encode_prompts(tok, [p.question for p in evals], fmt)  # (N, P)
     ids, attn = ids.to(device), None if attn is None else attn.to(device)
-    scoring = dict(attention_mask=attn, problems=evals, decode=_decoder(tok),
+    scoring = dict(attention_mask=attn, problems=evals, decode=text_decoder(tok),
                    check=is_correct, eos_token_id=tok.eos_token_id, seed=cfg.seed,
                    chunk=cfg.batch, batch_size=cfg.batch)
     t_dir, d_dir = cfg.out / "cache" / "teacher_eval", cfg.out / "cache" / "stage1"
@@ -322,16 +327,6 @@ def run_methods(cfg: ReproConfig, record: dict, tok, settings: SamplerSettings, 
         write_text_atomic(cfg.out / "methods" / f"{m}.json",
                           json.dumps(out, indent=1, allow_nan=False) + "\n")
         del cal, res  # one quantized copy at a time
-
-
-def _decoder(tok):
-    """Generated ids (G,) → text up to the first EOS."""
-    def decode(ids) -> str:
-        row = [int(i) for i in ids]
-        if tok.eos_token_id is not None and tok.eos_token_id in row:
-            row = row[: row.index(tok.eos_token_id)]
-        return tok.decode(row)
-    return decode
 
 
 #: paired outcome → the sign of a difference fair − other that favours fair
@@ -470,6 +465,9 @@ def main(argv=None) -> int:
     try:
         cfg = config_from_args(args)
         results = run(cfg, log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    except KeyboardInterrupt:  # finished methods and caches stay: rerun to resume
+        print("interrupted", file=sys.stderr)
+        return 130
     except (ValueError, OSError) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2

@@ -259,6 +259,7 @@ def test_rerun_with_other_settings_is_refused_unless_forced(dirs, tmp_path, caps
 
 @pytest.mark.parametrize("case, match", [
     ("missing data", "no problems file"),
+    ("missing model", "--model .*: no such directory"),
     ("too few", "8 distinct questions.*--n-calib 5 \\+ --n-eval 5"),
     ("no chat format", "no chat_template"),
     ("unused sampler flag", "--alg: not an option of the llada sampler"),
@@ -275,6 +276,8 @@ def test_bad_inputs_are_one_error_line(dirs, tmp_path, capsys, case, match):
     extra = ["--n-calib", "2", "--n-eval", "2", "--methods", "rtn"]
     if case == "missing data":
         data = tmp_path / "none.jsonl"
+    elif case == "missing model":
+        model = tmp_path / "no_model"
     elif case == "too few":
         extra = ["--n-calib", "5", "--n-eval", "5"]
     elif case == "no chat format":
