@@ -29,8 +29,8 @@ Sampler defaults, the published ones for such tasks (each field overridable by a
 
 Methods (default ``rtn quarot flatquant masked-uniform fair``, SPEC §4.4) are calibrated at
 W4A4 on the same Stage I data (what :func:`fairref.fair.pipeline.prepare` computes on the
-calibration prompts, batched: :func:`stage1`) and evaluated one at a time with :func:`fairref.eval.run.evaluate`
-against the FP teacher on the evaluation prompts: accuracy with its 95% bootstrap
+calibration prompts, batched: :func:`stage1`) and evaluated one at a time with
+:func:`fairref.eval.run.evaluate` against the FP teacher on the evaluation prompts: accuracy with its 95% bootstrap
 interval, frontier token and set flips, masked KL, post-commit mismatch; and a paired test
 of ``fair`` against each other method on per-problem outcomes
 (:func:`fairref.eval.stats.paired_comparison`).

@@ -328,3 +328,45 @@ def test_stage1_is_what_prepare_computes(tmp_path):
     for kind in ("masked", "plain"):
         for name, v in vars(getattr(ref, kind)).items():
             _same(v, getattr(getattr(ours, kind), name), (kind, name))
+
+
+def _no_seconds(tree):
+    if isinstance(tree, dict):
+        return {k: _no_seconds(v) for k, v in tree.items() if k != "seconds"}
+    return tree
+
+
+def test_students_evaluated_one_at_a_time_on_cached_traces_match_one_joint_call(tmp_path):
+    """What makes the script's per-method resume exact: evaluate(teacher_traces=) gives each
+    student the result it gets in one call with all students (a random sampler, so the
+    generators must line up too), and the traces survive the cache."""
+    from fairref.eval.run import evaluate, teacher_rollouts
+    from fairref.fair.pipeline import calibrate
+    from fairref.models import load
+    from fairref.run_cache import load_traces, save_traces
+
+    model = load(write_tiny_instruct(tmp_path / "dream", "dream"))
+    ids = torch.randint(0, 100, (5, 4))  # (N, P)
+    settings = SamplerSettings(steps=4, gen_length=6, alg="entropy", temperature=0.1, top_p=0.9)
+    students = {m: calibrate(model, m).model for m in ("rtn",)}
+    students["rtn-w8"] = calibrate(model, "rtn", w_bits=8, a_bits=8).model
+    joint = evaluate(model, students, ids, settings, chunk=2, seed=5)
+    save_traces(teacher_rollouts(model, ids, settings, chunk=2, seed=5), tmp_path / "t")
+    traces = load_traces(tmp_path / "t")
+    for name, student in students.items():
+        alone = evaluate(model, {name: student}, ids, settings, chunk=2, seed=5,
+                         teacher_traces=traces)
+        assert _no_seconds(alone.models[name].to_dict()) == \
+            _no_seconds(joint.models[name].to_dict()), name
+
+
+def test_calibration_problems_from_their_own_file(tmp_path):
+    calib_file, data_file = _gsm(tmp_path / "train.jsonl", 6), _gsm(tmp_path / "test.jsonl", 5, 100)
+    cfg = repro.ReproConfig(model=tmp_path, data=data_file, out=tmp_path / "o", calib=calib_file,
+                            n_calib=4, n_eval=5)
+    calib, evals = repro.load_problems(cfg)
+    assert calib == draw_problems(read_math_jsonl(calib_file), 4, 0)
+    assert sorted(p.line for p in evals) == [1, 2, 3, 4, 5]  # all of --data, in seeded order
+    with pytest.raises(ValueError, match="--calib .*--n-calib 7"):
+        repro.load_problems(repro.ReproConfig(model=tmp_path, data=data_file, out=tmp_path,
+                                              calib=calib_file, n_calib=7, n_eval=5))
