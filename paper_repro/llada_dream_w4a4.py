@@ -30,10 +30,10 @@ Sampler defaults, the published ones for such tasks (each field overridable by a
 Methods (default ``rtn quarot flatquant masked-uniform fair``, SPEC §4.4) are calibrated at
 W4A4 on the same Stage I data (what :func:`fairref.fair.pipeline.prepare` computes on the
 calibration prompts, batched: :func:`stage1`) and evaluated one at a time with
-:func:`fairref.eval.run.evaluate` against the FP teacher on the evaluation prompts: accuracy with its 95% bootstrap
-interval, frontier token and set flips, masked KL, post-commit mismatch; and a paired test
-of ``fair`` against each other method on per-problem outcomes
-(:func:`fairref.eval.stats.paired_comparison`).
+:func:`fairref.eval.run.evaluate` against the FP teacher on the evaluation prompts:
+accuracy with its 95% bootstrap interval, frontier token and set flips, masked KL,
+post-commit mismatch; and a paired test of ``fair`` against each other method on
+per-problem outcomes (:func:`fairref.eval.stats.paired_comparison`).
 
 Resumable: under ``--out`` the run's settings (``run.json``), the teacher's evaluation
 rollouts and the Stage I data (``cache/``, :mod:`fairref.run_cache`) and each finished
@@ -47,6 +47,8 @@ activations of one block: in float32 (the default, which the flat solver of flat
 masked-uniform and fair needs today) about 2 × 32 GB for LLaDA-8B and 2 × 30 GB for
 Dream-7B; ``--dtype bfloat16`` halves that for rtn / quarot only. Cost in GPU-hours: the
 README section "Reproducing the paper on LLaDA-8B / Dream-7B".
+
+Legend: N evaluation problems, C calibration problems, P (P') their padded prompt lengths.
 
 Run: PYTHONPATH=. python paper_repro/llada_dream_w4a4.py --model DIR --data test.jsonl
      --out runs/llada_w4a4 --device cuda [--calib train.jsonl] [--n-calib N] [--n-eval N]
@@ -130,7 +132,7 @@ class ReproConfig:
 
 def stage1(teacher, ids: Tensor, attn: Tensor | None, settings: SamplerSettings,
            cfg: ReproConfig) -> CalibData:
-    """Stage I on the calibration prompts ``ids`` (C, P): what
+    """Stage I on the calibration prompts ``ids`` (C, P'): what
     :func:`fairref.fair.pipeline.prepare` computes, with the rollouts run ``cfg.batch``
     prompts at a time (one batch of 128 prompts would need ~45 GB for the float64 softmax
     of LLaDA's 126k-token vocabulary alone). Lead: call ``prepare`` here once it passes a
