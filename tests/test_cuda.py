@@ -49,18 +49,37 @@ def _rates_in_unit_interval(results: dict) -> None:
 @needs_cuda
 @pytest.mark.slow
 def test_probe_calibrate_eval_run_on_cuda(tmp_path):
-    prior, q, out = tmp_path / "prior.json", tmp_path / "q_fair", tmp_path / "results.json"
+    prior, out = tmp_path / "prior.json", tmp_path / "results.json"
+    assert main(["probe", *TOY, "--out", str(prior), "--device", "cuda"]) == 0
+    assert json.loads(prior.read_text())["gen_length"] > 0
+    assert main(["calibrate", *TOY, "--method", "rtn", "--out", str(tmp_path / "rtn"),
+                 "--device", "cuda"]) == 0
+    assert main(["eval", *TOY, "--quantized", str(tmp_path / "rtn"), "--out", str(out),
+                 "--device", "cuda", "--lag-problems", "1"]) == 0
+    results = json.loads(out.read_text())
+    assert set(results["models"]) == {"FP", "rtn"}
+    _rates_in_unit_interval(results)
+
+
+@needs_cuda
+@pytest.mark.slow
+def test_calibrate_on_data_through_the_cli_on_cuda(tmp_path):
+    """Every method but rtn calibrates on Stage I states (teacher states or plain inputs),
+    which live on the CPU like the traces they come from; ``fairref calibrate`` hands them
+    to the block loop as they are, so this needs ``pipeline.calibrate`` to move them to the
+    teacher's device (``states.to(device)``; the prior's weights follow them). The
+    reproduction script makes that move itself (``run_cache.load_calib_data(..., device)``)."""
+    prior, out = tmp_path / "prior.json", tmp_path / "results.json"
     assert main(["probe", *TOY, "--out", str(prior), "--device", "cuda"]) == 0
     assert main(["calibrate", *TOY, "--method", "fair", "--prior", str(prior), "--epochs", "1",
-                 "--out", str(q), "--device", "cuda"]) == 0
-    assert main(["calibrate", *TOY, "--method", "rtn", "--out", str(tmp_path / "q_rtn"),
+                 "--out", str(tmp_path / "fair"), "--device", "cuda"]) == 0
+    assert main(["calibrate", *TOY, "--method", "quarot", "--out", str(tmp_path / "quarot"),
                  "--device", "cuda"]) == 0
-    assert main(["eval", *TOY, "--quantized", str(q), "--quantized", str(tmp_path / "q_rtn"),
-                 "--out", str(out), "--device", "cuda", "--lag-problems", "1"]) == 0
+    assert main(["eval", *TOY, "--quantized", str(tmp_path / "fair"), "--quantized",
+                 str(tmp_path / "quarot"), "--out", str(out), "--device", "cuda"]) == 0
     results = json.loads(out.read_text())
-    assert set(results["models"]) == {"FP", "q_fair", "q_rtn"}
+    assert set(results["models"]) == {"FP", "fair", "quarot"}
     _rates_in_unit_interval(results)
-    assert json.loads(prior.read_text())["gen_length"] > 0
 
 
 @needs_cuda
