@@ -74,7 +74,7 @@ from fairref.diffusion import SamplerSettings
 from fairref.eval.compare import per_problem
 from fairref.eval.math_answers import (draw_problems, is_correct, read_math_jsonl,
                                        split_problems)
-from fairref.eval.run import evaluate, teacher_rollouts
+from fairref.eval.run import evaluate, teacher_eval_traces
 from fairref.eval.stats import paired_comparison
 from fairref.fair import FlatConfig, PriorConfig, get_method
 from fairref.fair.pipeline import CalibData, calibrate
@@ -302,8 +302,8 @@ def run_methods(cfg: ReproConfig, record: dict, tok, settings: SamplerSettings, 
     t_dir, d_dir = cfg.out / "cache" / "teacher_eval", cfg.out / "cache" / "stage1"
     if not t_dir.is_dir():
         log(f"teacher rollouts on {len(evals)} evaluation problems")
-        save_traces(teacher_rollouts(teacher, ids, settings, attention_mask=attn,
-                                     chunk=cfg.batch, seed=cfg.seed), t_dir)
+        save_traces(teacher_eval_traces(teacher, ids, settings, attention_mask=attn,
+                                        chunk=cfg.batch, seed=cfg.seed), t_dir)
     traces = load_traces(t_dir)
     fp = evaluate(teacher, {}, ids, settings, teacher_traces=traces, **scoring).models["FP"]
     write_text_atomic(cfg.out / "cache" / "fp.json", json.dumps(

@@ -340,7 +340,7 @@ def test_students_evaluated_one_at_a_time_on_cached_traces_match_one_joint_call(
     """What makes the script's per-method resume exact: evaluate(teacher_traces=) gives each
     student the result it gets in one call with all students (a random sampler, so the
     generators must line up too), and the traces survive the cache."""
-    from fairref.eval.run import evaluate, teacher_rollouts
+    from fairref.eval.run import evaluate, teacher_eval_traces
     from fairref.fair.pipeline import calibrate
     from fairref.models import load
     from fairref.run_cache import load_traces, save_traces
@@ -351,7 +351,7 @@ def test_students_evaluated_one_at_a_time_on_cached_traces_match_one_joint_call(
     students = {m: calibrate(model, m).model for m in ("rtn",)}
     students["rtn-w8"] = calibrate(model, "rtn", w_bits=8, a_bits=8).model
     joint = evaluate(model, students, ids, settings, chunk=2, seed=5)
-    save_traces(teacher_rollouts(model, ids, settings, chunk=2, seed=5), tmp_path / "t")
+    save_traces(teacher_eval_traces(model, ids, settings, chunk=2, seed=5), tmp_path / "t")
     traces = load_traces(tmp_path / "t")
     for name, student in students.items():
         alone = evaluate(model, {name: student}, ids, settings, chunk=2, seed=5,

@@ -105,9 +105,9 @@ def _rollouts(model, prompt_ids: Tensor, attention_mask: Tensor | None,
     return traces
 
 
-def teacher_rollouts(teacher, prompt_ids: Tensor, settings: SamplerSettings, *,
-                     attention_mask: Tensor | None = None, chunk: int = 256, seed: int = 0
-                     ) -> list[Trace]:
+def teacher_eval_traces(teacher, prompt_ids: Tensor, settings: SamplerSettings, *,
+                        attention_mask: Tensor | None = None, chunk: int = 256, seed: int = 0
+                        ) -> list[Trace]:
     """The teacher's recorded rollouts of step 1, as :func:`evaluate` makes them (one
     :class:`Trace` per ``chunk`` prompts, drawn from a generator seeded ``seed``)."""
     return _rollouts(teacher, prompt_ids, attention_mask, settings, chunk, seed, "teacher")
@@ -135,8 +135,8 @@ def evaluate(teacher, students: dict, prompt_ids: Tensor, settings: SamplerSetti
     post-commit mismatch (None: all positions count).
 
     ``teacher_traces``: the teacher's recorded rollouts from an earlier call with the same
-    prompts, settings, ``chunk`` and ``seed`` (:func:`teacher_rollouts`), so that students
-    evaluated one at a time share them; every student's result is then the same as in one
+    prompts, settings, ``chunk`` and ``seed`` (:func:`teacher_eval_traces`), so that
+    students evaluated one at a time share them; every student's result is then the same as in one
     call with all students (each student's rollouts draw from their own generator).
     """
     if problems is not None and (decode is None or check is None):
@@ -146,8 +146,8 @@ def evaluate(teacher, students: dict, prompt_ids: Tensor, settings: SamplerSetti
     result = EvalResult(settings, int(prompt_ids.shape[0]))
     t0 = time.perf_counter()
     if teacher_traces is None:
-        t_traces = teacher_rollouts(teacher, prompt_ids, settings, attention_mask=attention_mask,
-                                    chunk=chunk, seed=seed)
+        t_traces = teacher_eval_traces(teacher, prompt_ids, settings,
+                                       attention_mask=attention_mask, chunk=chunk, seed=seed)
     else:
         t_traces = list(teacher_traces)
         if sum(tr.y.shape[0] for tr in t_traces) != prompt_ids.shape[0]:
