@@ -123,7 +123,7 @@ def load_prompts(model_dir: str | Path, split: Literal["train", "heldout"], *,
     problems = decode = check = None
     if all("answer" in r for r in records):
         problems = tuple(r["answer"] for r in records)
-        decode = _text_decoder(tok)
+        decode = text_decoder(tok)
         check = _exact_match
     return PromptSet(ids, attn, tuple(texts), f"{prompts_file} ({len(texts)} prompts)",
                      problems, decode, check)
@@ -153,7 +153,8 @@ def _exact_match(answer: str, completion: str) -> bool:
     return completion.strip() == answer.strip()
 
 
-def _text_decoder(tok) -> Callable[[Tensor], str]:
+def text_decoder(tok) -> Callable[[Tensor], str]:
+    """Generated ids (G,) → the text up to (without) the first EOS, as ``tok`` decodes it."""
     def decode(ids: Tensor) -> str:
         row = [int(i) for i in ids]
         if tok.eos_token_id is not None and tok.eos_token_id in row:

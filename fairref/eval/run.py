@@ -94,7 +94,8 @@ def _concat_mismatch(parts: Sequence[Mismatch]) -> Mismatch:
 def _rollouts(model, prompt_ids: Tensor, attention_mask: Tensor | None,
               settings: SamplerSettings, chunk: int, seed: int, desc: str) -> list[Trace]:
     traces = []
-    g = torch.Generator().manual_seed(seed)
+    # on the prompts' device: a CUDA sampler cannot draw from a CPU generator
+    g = torch.Generator(device=prompt_ids.device).manual_seed(seed)
     for a in progress_bar(range(0, prompt_ids.shape[0], chunk), desc=desc, unit="chunk"):
         attn = None if attention_mask is None else attention_mask[a:a + chunk]
         with torch.no_grad():
@@ -102,6 +103,14 @@ def _rollouts(model, prompt_ids: Tensor, attention_mask: Tensor | None,
                              generator=g, record=True)
         traces.append(tr)
     return traces
+
+
+def teacher_eval_traces(teacher, prompt_ids: Tensor, settings: SamplerSettings, *,
+                        attention_mask: Tensor | None = None, chunk: int = 256, seed: int = 0
+                        ) -> list[Trace]:
+    """The teacher's recorded rollouts of step 1, as :func:`evaluate` makes them (one
+    :class:`Trace` per ``chunk`` prompts, drawn from a generator seeded ``seed``)."""
+    return _rollouts(teacher, prompt_ids, attention_mask, settings, chunk, seed, "teacher")
 
 
 def _accuracy(traces: list[Trace], problems, decode, check) -> Accuracy | None:
@@ -116,13 +125,19 @@ def evaluate(teacher, students: dict, prompt_ids: Tensor, settings: SamplerSetti
              decode: Callable[[Tensor], str] | None = None,
              check: Callable[[object, str], bool] | None = None,
              eos_token_id: int | None = None, lag_problems: int = 0, chunk: int = 256,
-             batch_size: int = 64, seed: int = 0) -> EvalResult:
+             batch_size: int = 64, seed: int = 0,
+             teacher_traces: Sequence[Trace] | None = None) -> EvalResult:
     """Evaluate ``students`` (name → quantized model) against ``teacher`` (module docstring).
 
     ``prompt_ids`` (N, P) held-out prompts (never calibration prompts); with ``problems``,
     ``decode`` (generated ids → text) and ``check`` (problem, text → bool) task accuracy is
     measured too. ``eos_token_id`` excludes the positions after the teacher's EOS from the
     post-commit mismatch (None: all positions count).
+
+    ``teacher_traces``: the teacher's recorded rollouts from an earlier call with the same
+    prompts, settings, ``chunk`` and ``seed`` (:func:`teacher_eval_traces`), so that
+    students evaluated one at a time share them; every student's result is then the same as in one
+    call with all students (each student's rollouts draw from their own generator).
     """
     if problems is not None and (decode is None or check is None):
         raise ValueError("problems needs decode and check to score completions")
@@ -130,7 +145,15 @@ def evaluate(teacher, students: dict, prompt_ids: Tensor, settings: SamplerSetti
         raise ValueError(f"{len(problems)} problems for {prompt_ids.shape[0]} prompts")
     result = EvalResult(settings, int(prompt_ids.shape[0]))
     t0 = time.perf_counter()
-    t_traces = _rollouts(teacher, prompt_ids, attention_mask, settings, chunk, seed, "teacher")
+    if teacher_traces is None:
+        t_traces = teacher_eval_traces(teacher, prompt_ids, settings,
+                                       attention_mask=attention_mask, chunk=chunk, seed=seed)
+    else:
+        t_traces = list(teacher_traces)
+        if sum(tr.y.shape[0] for tr in t_traces) != prompt_ids.shape[0]:
+            raise ValueError(f"teacher_traces hold {sum(tr.y.shape[0] for tr in t_traces)} "
+                             f"rollouts for {prompt_ids.shape[0]} prompts; record them on the "
+                             "same prompts")
     fp = ModelResult(accuracy=_accuracy(t_traces, problems, decode, check))
     lag_traces = _first_problems(t_traces, lag_problems)
     if lag_traces:

@@ -150,7 +150,8 @@ def estimate_prior(model, prompt_ids: Tensor, settings: SamplerSettings,
 def row_weights(pi: Tensor, band: Tensor, prompt_len: int, *, pi_prompt: float = 1.0,
                 gamma: float = 1.0, logit_shift: int = 0,
                 attention_mask: Tensor | None = None) -> Tensor:
-    """Token weights per hidden-state row (SPEC §3.4): ``(S, L)`` float64.
+    """Token weights per hidden-state row (SPEC §3.4): ``(S, L)`` float64 on ``band``'s
+    device (computed on the CPU, where the prior lives, then moved).
 
     ``pi`` (G,), ``band`` (S, L) bool: B_t of each state's step; ``attention_mask`` (S, L)
     (True = real token) or None; ``logit_shift`` as ``model.logit_shift`` (0 or 1)."""
@@ -167,6 +168,7 @@ def row_weights(pi: Tensor, band: Tensor, prompt_len: int, *, pi_prompt: float =
     if tuple(real.shape) != (S, L):
         raise ValueError(f"attention_mask must be {(S, L)}, got {tuple(real.shape)}")
     pos_w = torch.full((S, L), float(pi_prompt), dtype=torch.float64)  # (S, L) per position
+    device, band, pi = band.device, band.cpu(), pi.cpu()
     pos_w[:, P:] = pi.to(torch.float64) * (1 + gamma * band[:, P:].to(torch.float64))
     if logit_shift == 1:
         # hidden row i predicts position i + 1: the last row predicts nothing, and a row
@@ -174,7 +176,7 @@ def row_weights(pi: Tensor, band: Tensor, prompt_len: int, *, pi_prompt: float =
         succ = torch.full((S, L), float(pi_prompt), dtype=torch.float64)  # (S, L)
         succ[:, :-1] = torch.where(real[:, 1:], pos_w[:, 1:], float(pi_prompt))
         pos_w = succ
-    return torch.where(real, pos_w, 0.0)
+    return torch.where(real, pos_w, 0.0).to(device)
 
 
 # ------------------------------------------------------------------------- the prior

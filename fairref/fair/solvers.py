@@ -189,21 +189,22 @@ class _Site(nn.Module):
     """The learnable parameters of one input site: P's factors, ζ and the activation clip."""
 
     def __init__(self, K: int, zeta: Tensor | None, rotation: RotationKind | None, seed: int,
-                 cfg: FlatConfig) -> None:
+                 cfg: FlatConfig, device: torch.device | str = "cpu") -> None:
         super().__init__()
         self.K, self.direct = K, cfg.inverse == "direct"
         self.n_l, self.n_r = kronecker_sizes(K)
         for side, n in (("l", self.n_l), ("r", self.n_r)):
-            B = factor_init(n, rotation, seed)  # (n, n) the factor's §1 rotation, or I
+            B = factor_init(n, rotation, seed).to(device)  # (n, n) §1 rotation, or I
             if self.direct:  # FlatQuant's "direct inverse": the factor itself is learned
                 setattr(self, f"M_{side}", nn.Parameter(B.clone()))
             else:
                 self.register_buffer(f"B_{side}", B)
-                setattr(self, f"A_U_{side}", nn.Parameter(torch.zeros(n, n)))
-                setattr(self, f"A_V_{side}", nn.Parameter(torch.zeros(n, n)))
-                setattr(self, f"theta_{side}", nn.Parameter(torch.zeros(n)))
+                setattr(self, f"A_U_{side}", nn.Parameter(torch.zeros(n, n, device=device)))
+                setattr(self, f"A_V_{side}", nn.Parameter(torch.zeros(n, n, device=device)))
+                setattr(self, f"theta_{side}", nn.Parameter(torch.zeros(n, device=device)))
         self.zeta = None if zeta is None else nn.Parameter(zeta.clone())  # (K,)
-        self.eta_a = nn.Parameter(torch.tensor(cfg.eta_init, dtype=torch.float32))
+        self.eta_a = nn.Parameter(torch.tensor(cfg.eta_init, dtype=torch.float32,
+                                               device=device))
         #: within one block forward the site's linears share one evaluation of the factors
         #: (``FlatCalibration._run`` opens and clears it); None: compute on every call
         self.cache: list | None = None
@@ -237,7 +238,8 @@ class _FlatLinear(nn.Module):
         self.register_buffer("bias", None if lin.bias is None else lin.bias.detach().to(torch.float32).clone())
         self.site = [site]  # a list, so the shared site is not registered as a child
         self.folded, self.w_spec, self.a_spec = folded, w_spec, a_spec
-        self.eta_w = nn.Parameter(torch.full((lin.out_features, 1), float(eta_init)))  # (N, 1)
+        self.eta_w = nn.Parameter(torch.full((lin.out_features, 1), float(eta_init),
+                                             device=lin.weight.device))  # (N, 1)
 
     def forward(self, x: Tensor) -> Tensor:
         site = self.site[0]
@@ -312,7 +314,8 @@ class FlatCalibration:
         self.block, self.groups, self.run = block, [list(g) for g in groups], run
         self.X, self.Y, self.mask = X.to(torch.float32), Y.to(torch.float32), attention_mask
         self.w = None if w is None else w.to(torch.float64)  # (B, L) raw weights
-        w64 = torch.ones(X.shape[:2], dtype=torch.float64) if w is None else self.w
+        w64 = (torch.ones(X.shape[:2], dtype=torch.float64, device=X.device) if w is None
+               else self.w)
         w_bar = float(w64.mean())  # w̄ over all calibration rows
         if not w_bar > 0:
             raise ValueError("w is zero on every row: there is nothing to calibrate on")
@@ -335,7 +338,8 @@ class FlatCalibration:
             if config.smooth:
                 Wcat = torch.cat([l.weight.detach().to(torch.float32) for l in lins])  # (ΣN, K)
                 zeta = smooth_factors(absmax[gi], Wcat, config.alpha)  # (K,)
-            site = _Site(lins[0].in_features, zeta, rotation, rotation_seed, config)
+            site = _Site(lins[0].in_features, zeta, rotation, rotation_seed, config,
+                         self.X.device)  # trained beside X
             self.sites.append(site)
             folded = zeta is not None and norm_names[gi] is not None
             for n, lin in zip(group, lins):

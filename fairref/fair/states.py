@@ -37,6 +37,13 @@ class CalibStates:
     rollout: Tensor  # (N,) int64: the rollout's row in the probe (repeat-major)
     prompt_len: int  # P
 
+    def to(self, device) -> "CalibStates":
+        """The same states with every tensor on ``device`` (where the model calibrates)."""
+        mv = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return CalibStates(ids=mv(self.ids), attention_mask=mv(self.attention_mask),
+                           band=mv(self.band), step=mv(self.step), rollout=mv(self.rollout),
+                           prompt_len=self.prompt_len)
+
 
 def state_steps(T: int, S: int) -> list[int]:
     """t_k = ⌊(k + ½)·T/S⌋ for k = 0..S−1 (SPEC §4.1), in integer arithmetic: ⌊(2k+1)T/(2S)⌋.

@@ -129,7 +129,7 @@ def _upper_cholesky_of_inverse(H_d: Tensor) -> Tensor | None:
 def _damped_factor(H: Tensor, percdamp: float) -> tuple[Tensor | None, float]:
     """Add λ = percdamp · mean(diag H) to the diagonal; on failure λ ×= 10, up to 3 times."""
     damp = percdamp * float(torch.diagonal(H).mean())
-    eye = torch.eye(H.shape[0], dtype=H.dtype)  # (K, K)
+    eye = torch.eye(H.shape[0], dtype=H.dtype, device=H.device)  # (K, K)
     for attempt in range(MAX_DAMP_RETRIES + 1):
         U = _upper_cholesky_of_inverse(H + damp * eye)
         if U is not None:
@@ -198,8 +198,8 @@ def gptq_quantize(W: Tensor, H: Tensor, spec: QuantSpec, blocksize: int = 128,
     W[:, dead] = 0
     # 3. static group scales from the dead-zeroed W (the reference's order).
     if grouped:
-        scale = torch.empty(N, G, dtype=torch.float32)  # (N, G)
-        zero = torch.zeros(N, G, dtype=torch.int32)  # (N, G)
+        scale = torch.empty(N, G, dtype=torch.float32, device=W.device)  # (N, G)
+        zero = torch.zeros(N, G, dtype=torch.int32, device=W.device)  # (N, G)
         if static_groups:
             scale, zero = qparams(W, spec, clip=clip, name="W")
     # 4. act-order: the columns with the largest H_ii (most input energy) go first, while the
@@ -213,7 +213,7 @@ def gptq_quantize(W: Tensor, H: Tensor, spec: QuantSpec, blocksize: int = 128,
     if U is None:
         return _rtn_result(W_in, H_in, spec, clip)
 
-    Q = torch.zeros(N, K, dtype=torch.int32)  # (N, K) in processing order
+    Q = torch.zeros(N, K, dtype=torch.int32, device=W.device)  # (N, K) in processing order
     loss = 0.0
     starts = sorted(set(range(0, K, blocksize)) | (set(range(0, K, g)) if grouped else set()))
     for i1, i2 in zip(starts, starts[1:] + [K]):

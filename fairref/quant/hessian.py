@@ -40,7 +40,7 @@ def _flatten_tokens(X: Tensor, weights: Tensor | None, K: int | None) -> tuple[T
     X2 = X.reshape(-1, X.shape[-1]).to(torch.float64)  # (T, K): leading axes are tokens
     T = X2.shape[0]
     if weights is None:
-        return X2, torch.ones(T, dtype=torch.float64)
+        return X2, torch.ones(T, dtype=torch.float64, device=X2.device)
     if not isinstance(weights, Tensor):
         raise ValueError(f"weights must be a torch.Tensor or None, got {type(weights).__name__}")
     if tuple(weights.shape) not in ((T,), tuple(X.shape[:-1])):
@@ -48,7 +48,7 @@ def _flatten_tokens(X: Tensor, weights: Tensor | None, K: int | None) -> tuple[T
             f"weights has shape {tuple(weights.shape)} but X {tuple(X.shape)} holds T={T} "
             f"tokens; pass one weight per token, shaped ({T},) or {tuple(X.shape[:-1])}"
         )
-    w = weights.reshape(T).to(torch.float64)  # (T,)
+    w = weights.reshape(T).to(X2.device, torch.float64)  # (T,) beside X
     if not torch.isfinite(w).all():
         raise ValueError("weights contain NaN or Inf; token weights must be finite")
     if (w < 0).any():
@@ -70,13 +70,15 @@ class HessianAccumulator:
         if isinstance(K, bool) or not isinstance(K, int) or K < 1:
             raise ValueError(f"K (the number of input features) must be a positive int, got {K!r}")
         self.K = K
-        self.S = torch.zeros(K, K, dtype=torch.float64)  # (K, K): Σ w x xᵀ
+        self.S: Tensor | None = None  # (K, K): Σ w x xᵀ, made by the first add
         self.weight_sum = 0.0  # Σ w, a Python float (float64)
         self.n_tokens = 0  # tokens seen, zero-weight ones included
 
     def add(self, X: Tensor, weights: Tensor | None = None) -> "HessianAccumulator":
         """Add a batch X (T, K) or (..., K) with per-token weights (T,) (None means 1)."""
         X2, w = _flatten_tokens(X, weights, self.K)  # (T, K), (T,)
+        if self.S is None:  # S accumulates where the inputs live
+            self.S = torch.zeros(self.K, self.K, dtype=torch.float64, device=X2.device)
         # Xᵀ (w ⊙ X) rather than (√w X)ᵀ(√w X): no square root, so an integer weight such as
         # 2 is applied exactly (a duplicated token and weight 2 then agree to summation order).
         self.S += X2.T @ (w[:, None] * X2)  # (K, T) @ (T, K) -> (K, K)

@@ -66,7 +66,7 @@ def activation_absmax(X: Tensor, weights: Tensor | None = None) -> Tensor:
             raise ValueError(f"weights hold {keep.shape[0]} rows but X holds {X2.shape[0]}")
         X2 = X2[keep]
     if X2.shape[0] == 0:
-        return torch.zeros(X.shape[-1], dtype=torch.float32)
+        return torch.zeros(X.shape[-1], dtype=torch.float32, device=X.device)
     return X2.abs().amax(dim=0).to(torch.float32)  # (K,)
 
 
