@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fairref.files import read_json, write_text_atomic
 from fairref.models import load
 from fairref.quant.grid import QuantSpec
 from fairref.quant.linear import quantize_linears
@@ -143,6 +144,15 @@ def check_sampler(result: dict, shipped: SamplerSettings, path: Path) -> None:
             f"`python toy_models/report.py --models {result['arch']} --part`")
 
 
+def legacy_sampler(merged: Path) -> dict | None:
+    """The one sampler a merged report.json written before parts recorded their own (until
+    the LLaDA toy's switch to semi-AR decoding) kept in its ``meta``, else None. A part
+    without a record of its own is taken to have run with it: the same run wrote both."""
+    if not merged.is_file():
+        return None
+    return read_json(merged, "merged report").get("meta", {}).get("sampler")
+
+
 def markdown(results: list[dict]) -> str:
     """The Markdown tables of ``report.md``; the sampler line comes from each result's own
     record of the settings it was run with."""
@@ -152,7 +162,9 @@ def markdown(results: list[dict]) -> str:
     lines = [
         "# Toy models: accuracy, frontier margins, RTN quantization",
         "",
-        f"Held-out problems per task: {results[0]['tasks'][TASKS[0]]['n']} (seed {HELDOUT_SEED}). "
+        "Held-out problems per task: "
+        + ", ".join(f"{r['arch']} {r['tasks'][TASKS[0]]['n']}" for r in results)
+        + f" (seed {HELDOUT_SEED}). "
         f"Sampler: each checkpoint's generation_config.json ({samplers}). "
         "Quantization: RTN, Hadamard rotation, "
         "weights per-channel symmetric, activations per-token dynamic, every linear in the "
@@ -247,8 +259,11 @@ def _main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.merge:
-        results = [json.loads((args.out / f"report_{a}.json").read_text()) for a in args.models]
+        results = [read_json(args.out / f"report_{a}.json", "report part") for a in args.models]
+        legacy = legacy_sampler(args.out / "report.json")
         for r in results:
+            if "sampler" not in r and legacy is not None:
+                r["sampler"] = legacy
             check_sampler(r, toy_sampler(r["arch"]), args.out / f"report_{r['arch']}.json")
     else:
         results = []
@@ -256,16 +271,18 @@ def _main(argv: list[str] | None = None) -> int:
             part = args.out / f"report_{arch}.json"
             r = evaluate_model(
                 arch, CHECKPOINTS[arch], args.n, toy_sampler(arch), log=lambda s: print(s, flush=True),
-                checkpoint=lambda r, part=part: part.write_text(json.dumps(r, indent=2) + "\n"),
+                checkpoint=lambda r, part=part: write_text_atomic(part, json.dumps(r, indent=2) + "\n"),
             )
             results.append(r)
         if args.part:
             return 0
     meta = {"schemes": SCHEMES, "margin_small": MARGIN_SMALL,
             "gap_small": GAP_SMALL, "heldout_seed": HELDOUT_SEED}
-    (args.out / "report.json").write_text(json.dumps({"meta": meta, "models": results}, indent=2) + "\n")
-    (args.out / "report.md").write_text(markdown(results))
-    print(markdown(results))
+    text = markdown(results)
+    write_text_atomic(args.out / "report.json",
+                      json.dumps({"meta": meta, "models": results}, indent=2) + "\n")
+    write_text_atomic(args.out / "report.md", text)
+    print(text)
     return 0
 
 
