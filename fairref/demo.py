@@ -434,11 +434,13 @@ def report_markdown(results: dict) -> str:
         "- **frontier token flip**: at the positions the teacher commits at each step, how "
         "often the quantized model's argmax differs (teacher-forced on the teacher's states).",
         "- **frontier set flip**: how often the quantized model would commit a different set "
-        "of positions at a step (same sampler rule). Expect it high for every method on the "
-        "toys: many steps choose among near-certain candidates (EOS padding, digits the "
-        "teacher is sure of) whose confidences differ by less than the quantization noise, "
-        "so the chosen set changes while the tokens do not (`fairref/toy/evaluate.py` "
-        "measures these gaps). Compare methods with each other, not with 0.",
+        "of positions at a step (same sampler rule). Expect it well above 0 for every "
+        "method: many steps choose among near-certain candidates (digits the teacher is "
+        "sure of; on the Dream toy, which decodes its whole region at once, also its EOS "
+        "padding) whose confidences differ by less than the quantization noise, so the "
+        "chosen set changes while the tokens do not (`fairref/toy/evaluate.py` measures "
+        "these gaps). The LLaDA toy's blocks of 4 keep its EOS tail out of the early steps "
+        "(toy_models/README.md, \"Sampler\"). Compare methods with each other, not with 0.",
         "- **masked KL**: KL(teacher ‖ quantized) in nats over masked positions of the "
         "active block. **post-commit mismatch**: each model runs its own rollout; the "
         "fraction of answer positions (before the teacher's EOS) that end up different.",
