@@ -29,9 +29,11 @@ took 0.36–0.39 s of CPU and ~1 s of wall time with 1 thread, and 1.7–2.7 s o
 idle many-core machine.
 
 Measured (``fairref demo``, default sizes, on the shared 2-core machine this was written
-on, load average ~5.6 from other jobs): 300 s wall, 183 s CPU, of which the LLaDA process
-took about two thirds. With the machine to itself the wall time would be about the LLaDA
-process's CPU time, ~2 minutes (an estimate: the machine was never idle).
+on): 181 s CPU, 774 s wall at load average 7–9 from other jobs (the run got 23% of a core);
+before the LLaDA toy decoded in blocks of 4 it took 183 s CPU (300 s wall at load ~5.6), so
+the semi-AR sampler costs the same. The LLaDA process takes about two thirds of the CPU;
+with the machine to itself the wall time would be about that process's CPU time, ~2
+minutes (an estimate: the machine was never idle).
 
 Seeds: the calibration and held-out problems are drawn with ``config.seed`` (the two splits
 are disjoint by construction, ``fairref.toy.tasks``); ``seed`` also seeds the flat solver's
@@ -406,7 +408,7 @@ def _task_table(m: dict) -> str:
 def report_markdown(results: dict) -> str:
     """``report.md``: what was run, the table, how to read it, the paired tests, figures."""
     c, t = results["config"], results["timing"]
-    samplers = "; ".join(f"{name} {m['sampler_text']}" for name, m in results["models"].items())
+    samplers = "; ".join(f"{name}: {m['sampler_text']}" for name, m in results["models"].items())
     lines = [
         "# fairref demo — FAIR-Calib and baselines on the toy dLLMs", "",
         "## What was run", "",

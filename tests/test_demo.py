@@ -211,5 +211,5 @@ def test_the_demo_runs_and_reports_each_toys_shipped_sampler(run):
     _, results, out = run
     m = results["models"]["dream"]
     assert m["sampler"] == dataclasses.asdict(toy_sampler("dream"))
-    assert f"dream {describe_sampler(toy_sampler('dream'), 'dream')}" in (
+    assert f"dream: {describe_sampler(toy_sampler('dream'), 'dream')}" in (
         out / "report.md").read_text()
