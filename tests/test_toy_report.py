@@ -175,7 +175,12 @@ def test_merge_refuses_a_part_run_with_another_sampler_than_the_checkpoint_ships
     assert main(["--merge", "--models", "llada", "--out", str(tmp_path)]) == 2
     assert "generation_config.json now says" in capsys.readouterr().err
     assert not (tmp_path / "report.md").exists() and not (tmp_path / "report.json").exists()
-    # a part from before parts recorded their sampler: the merged report's one record
-    assert legacy_sampler(tmp_path / "report.json") is None
-    (tmp_path / "report.json").write_text(json.dumps({"meta": {"sampler": part["sampler"]}}))
-    assert legacy_sampler(tmp_path / "report.json") == part["sampler"]
+    # a part from before parts recorded their sampler: the merged report's record of it
+    merged = tmp_path / "report.json"
+    assert legacy_sampler(merged, "llada") is None
+    merged.write_text(json.dumps({"meta": {"sampler": part["sampler"]}}))  # an older merge
+    assert legacy_sampler(merged, "llada") == part["sampler"]
+    other = dataclasses.asdict(one_block)
+    merged.write_text(json.dumps({"meta": {}, "models": [{"arch": "dream", "sampler": {}},
+                                                         {"arch": "llada", "sampler": other}]}))
+    assert legacy_sampler(merged, "llada") == other

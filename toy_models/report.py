@@ -144,13 +144,18 @@ def check_sampler(result: dict, shipped: SamplerSettings, path: Path) -> None:
             f"`python toy_models/report.py --models {result['arch']} --part`")
 
 
-def legacy_sampler(merged: Path) -> dict | None:
-    """The one sampler a merged report.json written before parts recorded their own (until
-    the LLaDA toy's switch to semi-AR decoding) kept in its ``meta``, else None. A part
-    without a record of its own is taken to have run with it: the same run wrote both."""
+def legacy_sampler(merged: Path, arch: str) -> dict | None:
+    """For a part written before parts recorded their sampler (until the LLaDA toy's switch
+    to semi-AR decoding): the record the merged ``report.json`` holds for ``arch`` — its
+    entry's own, or the one sampler an older merge kept in ``meta`` — else None. The part is
+    taken to have run with it: the same run wrote both."""
     if not merged.is_file():
         return None
-    return read_json(merged, "merged report").get("meta", {}).get("sampler")
+    report = read_json(merged, "merged report")
+    for entry in report.get("models", []):
+        if entry.get("arch") == arch and "sampler" in entry:
+            return entry["sampler"]
+    return report.get("meta", {}).get("sampler")
 
 
 def markdown(results: list[dict]) -> str:
@@ -260,10 +265,9 @@ def _main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     if args.merge:
         results = [read_json(args.out / f"report_{a}.json", "report part") for a in args.models]
-        legacy = legacy_sampler(args.out / "report.json")
         for r in results:
-            if "sampler" not in r and legacy is not None:
-                r["sampler"] = legacy
+            if "sampler" not in r:
+                r["sampler"] = legacy_sampler(args.out / "report.json", r["arch"])
             check_sampler(r, toy_sampler(r["arch"]), args.out / f"report_{r['arch']}.json")
     else:
         results = []
