@@ -1,7 +1,7 @@
 """What FAIR-Calib's token weights cost in Stage II, next to FlatQuant (SPEC §4.4).
 
 On the shipped LLaDA toy, one Stage I run (``pipeline.prepare`` on ``--per-task``
-training prompts per task, the toy's own sampler) feeds every method, so all of them see
+training prompts per task, the toy's own sampler: its generation_config.json) feeds every method, so all of them see
 the same prompts and token count. Stage I is reported in forward passes (counted by a
 forward hook on the token embedding: calls and sequences) and seconds. Stage II of
 ``fair``, ``flatquant`` and ``masked-uniform`` at W4A4 is then timed ``--repeats`` times,
@@ -21,7 +21,9 @@ teacher states, 1 flat epoch, 3 repeats): about 1 minute wall on the shared 2-co
 machine it was made on, which printed fair 5.48 s, flatquant 6.62 s, masked-uniform
 5.60 s, ``fair_vs_masked_uniform_time_ratio 0.978`` and ``fair_vs_flatquant_time_ratio
 0.827``. Single runs swing several-fold under load (one niced run at 4 prompts per task
-saw 128–301 s for the same work), hence the interleaving and medians.
+saw 128–301 s for the same work), hence the interleaving and medians. (Measured when the
+LLaDA toy decoded in one block; its semi-AR sampler gives Stage II the same number and
+shape of states, so the ratios measure the same work.)
 Usage: ``python benchmarks/calibration_cost.py [--per-task N] [--epochs E] [--repeats R]``
 """
 
@@ -38,7 +40,7 @@ from fairref.fair.pipeline import calibrate, prepare
 from fairref.models import load
 from fairref.toy import checkpoint_dir
 from fairref.toy.char_tokenizer import encode_prompts
-from fairref.toy.evaluate import TOY_SAMPLER
+from fairref.toy.evaluate import toy_sampler
 from fairref.toy.tasks import TASKS, make_problems
 
 METHODS = ("fair", "flatquant", "masked-uniform")
@@ -71,10 +73,11 @@ def main(argv=None) -> float:
     prompts = [p for t in TASKS for p, _ in make_problems(t, args.per_task, 0, split="train")]
     ids = encode_prompts(prompts)  # (B, P)
     counter = ForwardCounter(teacher)
-    data = prepare(teacher, ids, TOY_SAMPLER)
+    sampler = toy_sampler("llada")
+    data = prepare(teacher, ids, sampler)
     counter.remove()
     print(f"stage I: {len(prompts)} prompts, {counter.calls} forward calls, "
-          f"{counter.sequences} sequence forwards ({TOY_SAMPLER.steps} sampler steps), "
+          f"{counter.sequences} sequence forwards ({sampler.steps} sampler steps), "
           f"{data.seconds:.2f} s; {data.masked.ids.shape[0]} teacher states and "
           f"{data.plain.ids.shape[0]} plain sequences of length {data.masked.ids.shape[1]}",
           flush=True)

@@ -13,7 +13,7 @@ For each toy (LLaDA, Dream), at W``w_bits``A``a_bits`` with the methods' Hadamar
 
 Written into ``out`` (built in a temporary directory, renamed into place at the end):
 ``results.json`` (everything, with per-problem outcomes for paired tests, the config and
-the sampler settings), ``report.md`` and its PNG figures. :func:`format_table` gives the
+each model's sampler settings: its checkpoint's generation_config.json), ``report.md`` and its PNG figures. :func:`format_table` gives the
 table the CLI prints; its numbers come from ``results["table"]``.
 
 Parallelism: the two toys are independent, so each runs in its own process (``workers``,
@@ -29,9 +29,11 @@ took 0.36–0.39 s of CPU and ~1 s of wall time with 1 thread, and 1.7–2.7 s o
 idle many-core machine.
 
 Measured (``fairref demo``, default sizes, on the shared 2-core machine this was written
-on, load average ~5.6 from other jobs): 300 s wall, 183 s CPU, of which the LLaDA process
-took about two thirds. With the machine to itself the wall time would be about the LLaDA
-process's CPU time, ~2 minutes (an estimate: the machine was never idle).
+on): 181 s CPU, 774 s wall at load average 7–9 from other jobs (the run got 23% of a core);
+before the LLaDA toy decoded in blocks of 4 it took 183 s CPU (300 s wall at load ~5.6), so
+the semi-AR sampler costs the same. The LLaDA process takes about two thirds of the CPU;
+with the machine to itself the wall time would be about that process's CPU time, ~2
+minutes (an estimate: the machine was never idle).
 
 Seeds: the calibration and held-out problems are drawn with ``config.seed`` (the two splits
 are disjoint by construction, ``fairref.toy.tasks``); ``seed`` also seeds the flat solver's
@@ -191,16 +193,18 @@ def _run_model(name: str, config: DemoConfig, tmp: Path, progress) -> tuple[dict
     from fairref.models import load
     from fairref.toy import checkpoint_dir
     from fairref.toy.char_tokenizer import EOS_ID, decode_completion, encode_prompts
-    from fairref.toy.evaluate import TOY_SAMPLER
+    from fairref.toy.evaluate import describe_sampler, toy_sampler
 
     say = progress or (lambda _msg: None)
     setting = f"W{config.w_bits}A{config.a_bits} + Hadamard rotation"
     teacher = load(checkpoint_dir(name)).eval()
+    sampler = toy_sampler(name)  # the checkpoint's generation_config.json (SPEC §3: the
+    # sampler of Stage I is the one used at evaluation)
     calib = _problems(config, "train", config.calib_per_task)
     held = _problems(config, "heldout", config.eval_per_task)
 
     # 1. Stage I on the calibration prompts (train split)
-    data = prepare(teacher, encode_prompts([p for _, p in calib]), TOY_SAMPLER,
+    data = prepare(teacher, encode_prompts([p for _, p in calib]), sampler,
                    states_per_rollout=config.states_per_rollout, seed=config.seed)
     say(f"{name}: Stage I on {len(calib)} prompts, {data.masked.ids.shape[0]} states "
         f"({data.seconds:.1f} s)")
@@ -222,7 +226,7 @@ def _run_model(name: str, config: DemoConfig, tmp: Path, progress) -> tuple[dict
 
     # 3. held-out evaluation of FP and every method
     t0 = time.perf_counter()
-    ev = evaluate(teacher, students, encode_prompts([p for _, p in held]), TOY_SAMPLER,
+    ev = evaluate(teacher, students, encode_prompts([p for _, p in held]), sampler,
                   problems=held, decode=decode_completion, check=_check, eos_token_id=EOS_ID,
                   lag_problems=config.lag_problems, seed=config.seed)
     say(f"{name}: evaluated on {len(held)} held-out problems ({time.perf_counter() - t0:.1f} s)")
@@ -250,6 +254,8 @@ def _run_model(name: str, config: DemoConfig, tmp: Path, progress) -> tuple[dict
     result = {
         "checkpoint": checkpoint_dir(name).name,
         "setting": setting,
+        "sampler": dataclasses.asdict(sampler),
+        "sampler_text": describe_sampler(sampler, name),
         "calibration": {"problems": [list(p) for p in calib], "split": "train",
                         "states": int(data.masked.ids.shape[0]),
                         "stage1_seconds": round(data.seconds, 2),
@@ -329,12 +335,9 @@ def run_demo(config: DemoConfig = DemoConfig(), out: str | Path = "runs/demo",
                          for name in config.models]
         models = {name: r for name, (r, _) in zip(config.models, per_model)}
         table = [row for _, rows in per_model for row in rows]
-        from fairref.toy.evaluate import TOY_SAMPLER
-
         results = {
-            "schema": "fairref-demo/1",
+            "schema": "fairref-demo/2",  # 2: the sampler is per model (models.<name>.sampler)
             "config": dataclasses.asdict(config),
-            "sampler": dataclasses.asdict(TOY_SAMPLER),
             "environment": {"fairref": __version__, "torch": torch.__version__,
                             "python": platform.python_version(),
                             "machine": platform.machine(), "cpus": os.cpu_count(),
@@ -404,7 +407,8 @@ def _task_table(m: dict) -> str:
 
 def report_markdown(results: dict) -> str:
     """``report.md``: what was run, the table, how to read it, the paired tests, figures."""
-    c, s, t = results["config"], results["sampler"], results["timing"]
+    c, t = results["config"], results["timing"]
+    samplers = "; ".join(f"{name}: {m['sampler_text']}" for name, m in results["models"].items())
     lines = [
         "# fairref demo — FAIR-Calib and baselines on the toy dLLMs", "",
         "## What was run", "",
@@ -419,8 +423,8 @@ def report_markdown(results: dict) -> str:
         f"- Evaluation: {c['eval_per_task']} HELD-OUT problems per task × 4 tasks; stability "
         f"lag on the first {c['lag_problems']}; 95% intervals: percentile bootstrap over "
         f"problems, {c['n_resamples']} resamples, seed {c['seed']} (SPEC §5).",
-        f"- Sampler: {s['steps']} steps, {s['gen_length']} tokens, temperature "
-        f"{s['temperature']} (LLaDA {s['remasking']}, Dream {s['alg']}).",
+        f"- Sampler (each checkpoint's generation_config.json, for Stage I and the "
+        f"evaluation alike): {samplers}.",
         f"- Time: {t['wall_seconds']:.0f} s wall, {t['cpu_seconds']:.0f} s CPU, "
         f"{t['workers']} process(es) (one per model) × {c['threads']} torch thread(s) "
         f"(more threads only contend for matmuls this small; `fairref/demo.py`), torch "
@@ -432,11 +436,13 @@ def report_markdown(results: dict) -> str:
         "- **frontier token flip**: at the positions the teacher commits at each step, how "
         "often the quantized model's argmax differs (teacher-forced on the teacher's states).",
         "- **frontier set flip**: how often the quantized model would commit a different set "
-        "of positions at a step (same sampler rule). Expect it high for every method on the "
-        "toys: many steps choose among near-certain candidates (EOS padding, digits the "
-        "teacher is sure of) whose confidences differ by less than the quantization noise, "
-        "so the chosen set changes while the tokens do not (`fairref/toy/evaluate.py` "
-        "measures these gaps). Compare methods with each other, not with 0.",
+        "of positions at a step (same sampler rule). Expect it well above 0 for every "
+        "method: many steps choose among near-certain candidates (digits the teacher is "
+        "sure of; on the Dream toy, which decodes its whole region at once, also its EOS "
+        "padding) whose confidences differ by less than the quantization noise, so the "
+        "chosen set changes while the tokens do not (`fairref/toy/evaluate.py` measures "
+        "these gaps). The LLaDA toy's blocks of 4 keep its EOS tail out of the early steps "
+        "(toy_models/README.md, \"Sampler\"). Compare methods with each other, not with 0.",
         "- **masked KL**: KL(teacher ‖ quantized) in nats over masked positions of the "
         "active block. **post-commit mismatch**: each model runs its own rollout; the "
         "fraction of answer positions (before the teacher's EOS) that end up different.",

@@ -1,8 +1,10 @@
 """Which sampler regime should the LLaDA toy ship? Stage I priors under each (SPEC §3).
 
-The LLaDA toy's shipped generation_config decodes its 16 answer positions as one block
-(8 steps, 2 commits a step); semi-autoregressive decoding (block_length 4, two steps per
-block) is the alternative. For each regime, and for the Dream toy's default, this script
+The experiment that decided the LLaDA toy's sampler (issue #11). It compares decoding the
+16 answer positions as one block (8 steps, 2 commits a step: what the toy shipped before)
+with semi-autoregressive decoding (block_length 4, two steps per block: what it ships now,
+toy_models/README.md "Sampler"). Both LLaDA regimes are pinned here, not read from the
+checkpoint, so the comparison does not change when the shipped default does. For each regime, and for the Dream toy's default, this script
 probes the teacher on *training* prompts (64 per task), builds the SPEC §3.3 prior per task
 and pooled, and measures where the prior puts its weight: on the answer (positions that
 hold an answer character in the teacher's rollouts) or on the EOS tail. It also counts how
@@ -52,7 +54,7 @@ CONFIG = {
 }
 #: regime name → (toy, sampler settings; None = the checkpoint's generation_config.json)
 REGIMES = {
-    "llada_one_block": ("llada", None),
+    "llada_one_block": ("llada", SamplerSettings(steps=8, gen_length=16, block_length=16)),
     "llada_semi_ar": ("llada", SamplerSettings(steps=8, gen_length=16, block_length=4)),
     "dream_default": ("dream", None),
 }

@@ -109,7 +109,7 @@ def test_generate_on_a_shipped_toy_model_matches_the_toy_evaluation(capsys, arch
 
     from fairref.toy.char_tokenizer import decode_completion, encode_prompts
     from fairref.diffusion import generate
-    from fairref.toy.evaluate import TOY_SAMPLER
+    from fairref.toy.evaluate import toy_sampler
     from fairref.toy.tasks import make_problems
 
     ckpt = Path(__file__).resolve().parents[1] / "toy_models" / f"{arch}_toy"
@@ -121,7 +121,7 @@ def test_generate_on_a_shipped_toy_model_matches_the_toy_evaluation(capsys, arch
     printed = capsys.readouterr().out.splitlines()
     x = encode_prompts(prompts)  # (B, P)
     with torch.no_grad():
-        ids = generate(load(ckpt), x, TOY_SAMPLER)
+        ids = generate(load(ckpt), x, toy_sampler(arch))
     assert printed == [decode_completion(row) for row in ids[:, x.shape[1]:]]
 
 

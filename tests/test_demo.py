@@ -198,3 +198,18 @@ def test_one_process_per_model_gives_the_in_process_outcomes(tmp_path, monkeypat
             b["models"][name]["eval"]["models"]["rtn"]["teacher_forced"]
     assert sorted(p.name for p in (tmp_path / "b").iterdir()) == sorted(
         p.name for p in (tmp_path / "a").iterdir())
+
+
+@pytest.mark.slow  # shares one tiny run: ~10 s of CPU, more on a busy machine
+def test_the_demo_runs_and_reports_each_toys_shipped_sampler(run):
+    """Stage I and the evaluation use the sampler of the checkpoint's generation_config.json
+    (fairref.toy.evaluate.toy_sampler), recorded per model and stated in the report."""
+    import dataclasses
+
+    from fairref.toy.evaluate import describe_sampler, toy_sampler
+
+    _, results, out = run
+    m = results["models"]["dream"]
+    assert m["sampler"] == dataclasses.asdict(toy_sampler("dream"))
+    assert f"dream: {describe_sampler(toy_sampler('dream'), 'dream')}" in (
+        out / "report.md").read_text()

@@ -145,14 +145,15 @@ def test_shipped_checkpoints_load_strictly_with_the_toy_config(arch):
 
 
 def _completions(model, task, n):
-    """(prompt, decoded completion) for ``n`` held-out problems under the default sampler."""
+    """(prompt, decoded completion) for ``n`` held-out problems under the shipped sampler."""
     from fairref.toy.char_tokenizer import decode_completion, encode_prompts
     from fairref.diffusion import generate
-    from fairref.toy.evaluate import TOY_SAMPLER
+    from fairref.diffusion import sampler_family
+    from fairref.toy.evaluate import toy_sampler
 
     problems = make_problems(task, n, 99, split="heldout")
     ids = encode_prompts([p for p, _ in problems])  # (n, P)
-    x = generate(model, ids, TOY_SAMPLER)  # (n, P + G)
+    x = generate(model, ids, toy_sampler(sampler_family(model)))  # (n, P + G)
     return [(p, decode_completion(row)) for (p, _), row in zip(problems, x[:, ids.shape[1]:])]
 
 
@@ -163,7 +164,7 @@ def _accuracy(model, n):
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", sorted(TOY_MODELS))
 def test_shipped_models_solve_most_heldout_problems_of_every_task(arch):
-    """A quick generation on 20 held-out problems per task under the default sampler: at
+    """A quick generation on 20 held-out problems per task under the shipped sampler: at
     least 15 of 20 exactly right on every task (the report measures ≥ 85% on 2000; a broken
     checkpoint, tokenizer or sampler path scores ~0, and a model trained on another task
     layout fails the format check)."""

@@ -16,7 +16,8 @@ from fairref.quant.grid import QuantSpec, dequantize, fake_quantize, quantize
 from fairref.quant.linear import QuantLinear
 from fairref.quant.rotation import RotationSpec, hadamard
 from tiny import tiny_config
-from toy_models.report import all_tasks_cells, bootstrap_ci, quantized_copy
+from toy_models.report import (all_tasks_cells, bootstrap_ci, check_sampler, legacy_sampler, main,
+                               quantized_copy)
 
 U = 2.0**-24  # float32 unit roundoff
 
@@ -148,3 +149,38 @@ def test_all_tasks_row_averages_accuracy_and_pools_fractions_by_count():
     assert cells == ["75.0"] * 4 + ["20.0%", "25.0%", "5.0%"]
     del r["tasks"]["b"]["W4A4"]  # a partial run shows a dash, not a mean of fewer tasks
     assert [c.strip() for c in all_tasks_cells(r).split("|")][3] == "–"
+
+
+def test_merge_refuses_a_part_run_with_another_sampler_than_the_checkpoint_ships(tmp_path, capsys):
+    """``--merge`` joins parts only if each recorded the sampler its checkpoint's
+    generation_config.json says now: a part from before a change of the shipped sampler (or
+    one that recorded none, with no merged report to take the record from) is refused with
+    the command that re-runs it, and nothing is written."""
+    import dataclasses
+    import json
+
+    from fairref.diffusion import SamplerSettings
+    from fairref.toy.evaluate import toy_sampler
+
+    shipped = toy_sampler("llada")
+    part = {"arch": "llada", "sampler": dataclasses.asdict(shipped), "tasks": {}}
+    check_sampler(part, shipped, tmp_path / "report_llada.json")  # the same: accepted
+    one_block = dataclasses.replace(shipped, block_length=shipped.gen_length)
+    for stale in ({**part, "sampler": dataclasses.asdict(one_block)},
+                  {k: v for k, v in part.items() if k != "sampler"}):
+        with pytest.raises(ValueError, match="--models llada --part"):
+            check_sampler(stale, shipped, tmp_path / "report_llada.json")
+    (tmp_path / "report_llada.json").write_text(json.dumps(
+        {**part, "sampler": dataclasses.asdict(SamplerSettings())}))
+    assert main(["--merge", "--models", "llada", "--out", str(tmp_path)]) == 2
+    assert "generation_config.json now says" in capsys.readouterr().err
+    assert not (tmp_path / "report.md").exists() and not (tmp_path / "report.json").exists()
+    # a part from before parts recorded their sampler: the merged report's record of it
+    merged = tmp_path / "report.json"
+    assert legacy_sampler(merged, "llada") is None
+    merged.write_text(json.dumps({"meta": {"sampler": part["sampler"]}}))  # an older merge
+    assert legacy_sampler(merged, "llada") == part["sampler"]
+    other = dataclasses.asdict(one_block)
+    merged.write_text(json.dumps({"meta": {}, "models": [{"arch": "dream", "sampler": {}},
+                                                         {"arch": "llada", "sampler": other}]}))
+    assert legacy_sampler(merged, "llada") == other

@@ -2,7 +2,8 @@
 
 For each shipped toy checkpoint (loaded with ``fairref.models.load`` from its stored bf16
 weights, upcast to float32 — the full-precision reference) and each task, on ``n`` held-out
-problems with the default sampler (``fairref.toy.evaluate.TOY_SAMPLER``):
+problems with the toy's shipped sampler (``fairref.toy.evaluate.toy_sampler``: the settings
+of the checkpoint's own generation_config.json, recorded in each model's results):
 
 1. full-precision exact-match accuracy (SPEC §5 task accuracy) with a 95% bootstrap
    interval (1000 resamples over problems);
@@ -30,7 +31,9 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -38,12 +41,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fairref.files import read_json, write_text_atomic
 from fairref.models import load
 from fairref.quant.grid import QuantSpec
 from fairref.quant.linear import quantize_linears
 from fairref.toy import TOY_MODELS, checkpoint_dir
 from fairref.diffusion import SamplerSettings
-from fairref.toy.evaluate import TOY_SAMPLER, FrontierStats, run_task
+from fairref.toy.evaluate import FrontierStats, describe_sampler, run_task, toy_sampler
 from fairref.toy.tasks import PICK_KINDS, TASKS, make_problems, pick_kind
 
 ROOT = Path(__file__).resolve().parent
@@ -90,7 +94,8 @@ def evaluate_model(arch: str, path: Path, n: int, cfg: SamplerSettings, log=prin
     fp = load(path)  # stored bf16 weights → float32: the full-precision reference
     models = {"FP": fp}
     models.update({s: quantized_copy(fp, *bits) for s, bits in SCHEMES.items()})
-    out: dict = {"arch": arch, "checkpoint": path.name, "tasks": {}}
+    out: dict = {"arch": arch, "checkpoint": path.name, "sampler": dataclasses.asdict(cfg),
+                 "tasks": {}}
     for task in TASKS:
         problems = make_problems(task, n, HELDOUT_SEED, split="heldout")
         row: dict = {"n": n}
@@ -128,14 +133,45 @@ def frontier_summary(stats: FrontierStats) -> dict:
     }
 
 
-def markdown(results: list[dict], cfg: SamplerSettings) -> str:
-    """The Markdown tables of ``report.md``."""
+def check_sampler(result: dict, shipped: SamplerSettings, path: Path) -> None:
+    """A part is merged only if it was run with the sampler its checkpoint ships now
+    (otherwise the report would print numbers of one sampler under the name of another)."""
+    ran = result.get("sampler")
+    if ran != dataclasses.asdict(shipped):
+        raise ValueError(
+            f"{path}: run with sampler {ran} (None: not recorded), but the checkpoint's "
+            f"generation_config.json now says {dataclasses.asdict(shipped)}; re-run "
+            f"`python toy_models/report.py --models {result['arch']} --part`")
+
+
+def legacy_sampler(merged: Path, arch: str) -> dict | None:
+    """For a part written before parts recorded their sampler (until the LLaDA toy's switch
+    to semi-AR decoding): the record the merged ``report.json`` holds for ``arch`` — its
+    entry's own, or the one sampler an older merge kept in ``meta`` — else None. The part is
+    taken to have run with it: the same run wrote both."""
+    if not merged.is_file():
+        return None
+    report = read_json(merged, "merged report")
+    for entry in report.get("models", []):
+        if entry.get("arch") == arch and "sampler" in entry:
+            return entry["sampler"]
+    return report.get("meta", {}).get("sampler")
+
+
+def markdown(results: list[dict]) -> str:
+    """The Markdown tables of ``report.md``; the sampler line comes from each result's own
+    record of the settings it was run with."""
+    samplers = "; ".join(
+        f"{r['arch']}: {describe_sampler(SamplerSettings(**r['sampler']), r['arch'])}"
+        for r in results)
     lines = [
         "# Toy models: accuracy, frontier margins, RTN quantization",
         "",
-        f"Held-out problems per task: {results[0]['tasks'][TASKS[0]]['n']} (seed {HELDOUT_SEED}). "
-        f"Sampler: G = {cfg.gen_length}, {cfg.steps} steps, one block, temperature 0; LLaDA "
-        f"`low_confidence`, Dream `{cfg.alg}`. Quantization: RTN, Hadamard rotation, "
+        "Held-out problems per task: "
+        + ", ".join(f"{r['arch']} {r['tasks'][TASKS[0]]['n']}" for r in results)
+        + f" (seed {HELDOUT_SEED}). "
+        f"Sampler: each checkpoint's generation_config.json ({samplers}). "
+        "Quantization: RTN, Hadamard rotation, "
         "weights per-channel symmetric, activations per-token dynamic, every linear in the "
         "blocks (the fake path of fairref.quant QuantLinear). Brackets: 95% "
         "bootstrap interval over problems.",
@@ -209,6 +245,14 @@ def all_tasks_cells(r: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="toy-model report (toy_models/README.md)")
     ap.add_argument("--models", nargs="+", choices=sorted(CHECKPOINTS), default=sorted(CHECKPOINTS))
     ap.add_argument("--n", type=int, default=2000, help="held-out problems per task")
@@ -218,26 +262,31 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    cfg = TOY_SAMPLER
     args.out.mkdir(parents=True, exist_ok=True)
     if args.merge:
-        results = [json.loads((args.out / f"report_{a}.json").read_text()) for a in args.models]
+        results = [read_json(args.out / f"report_{a}.json", "report part") for a in args.models]
+        for r in results:
+            if "sampler" not in r:
+                r["sampler"] = legacy_sampler(args.out / "report.json", r["arch"])
+            check_sampler(r, toy_sampler(r["arch"]), args.out / f"report_{r['arch']}.json")
     else:
         results = []
         for arch in args.models:
             part = args.out / f"report_{arch}.json"
             r = evaluate_model(
-                arch, CHECKPOINTS[arch], args.n, cfg, log=lambda s: print(s, flush=True),
-                checkpoint=lambda r, part=part: part.write_text(json.dumps(r, indent=2) + "\n"),
+                arch, CHECKPOINTS[arch], args.n, toy_sampler(arch), log=lambda s: print(s, flush=True),
+                checkpoint=lambda r, part=part: write_text_atomic(part, json.dumps(r, indent=2) + "\n"),
             )
             results.append(r)
         if args.part:
             return 0
-    meta = {"sampler": cfg.__dict__, "schemes": SCHEMES, "margin_small": MARGIN_SMALL,
+    meta = {"schemes": SCHEMES, "margin_small": MARGIN_SMALL,
             "gap_small": GAP_SMALL, "heldout_seed": HELDOUT_SEED}
-    (args.out / "report.json").write_text(json.dumps({"meta": meta, "models": results}, indent=2) + "\n")
-    (args.out / "report.md").write_text(markdown(results, cfg))
-    print(markdown(results, cfg))
+    text = markdown(results)
+    write_text_atomic(args.out / "report.json",
+                      json.dumps({"meta": meta, "models": results}, indent=2) + "\n")
+    write_text_atomic(args.out / "report.md", text)
+    print(text)
     return 0
 
 

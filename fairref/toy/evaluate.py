@@ -1,7 +1,11 @@
 """Task accuracy and frontier statistics of a toy model under the library samplers (SPEC §2, §5).
 
-Generation goes through ``fairref.diffusion.generate`` with the toy models' default
-settings, :data:`TOY_SAMPLER`.
+Generation goes through ``fairref.diffusion.generate`` with each toy's shipped sampler,
+:func:`toy_sampler`: the settings of the checkpoint's own ``generation_config.json``, read
+by ``fairref.diffusion.load_generation_config`` (the file is the one source of truth; there
+is no second copy of it in code). The LLaDA toy ships semi-autoregressive decoding
+(block_length 4, 8 steps: 2 steps and 2 commits per block), the Dream toy its one-region
+``maskgit_plus`` loop; toy_models/README.md says why.
 
 From a recorded trace (SPEC §2 "Trace") two statistics describe how close the teacher's
 decisions are (SPEC §3.1, §6 T4/T4s):
@@ -23,16 +27,22 @@ from dataclasses import dataclass, field
 
 import torch
 
-from fairref.diffusion import SamplerSettings, generate
-from fairref.toy.char_tokenizer import GEN_LEN, decode_completion, encode_prompts
+from fairref.diffusion import SamplerSettings, generate, load_generation_config, sampler_family
+from fairref.toy import TOY_MODELS, checkpoint_dir
+from fairref.toy.char_tokenizer import decode_completion, encode_prompts
 from fairref.toy.tasks import TASKS, check, make_problems
 
 
-#: the toy models' default sampler (both architectures): G = 16 tokens in 8 steps (so
-#: k_t = 2 tokens commit per LLaDA step; Dream's schedule commits 1–4), one block,
-#: temperature 0, LLaDA ``low_confidence`` and Dream ``maskgit_plus`` (both rank candidates
-#: by the top-1 probability). Each checkpoint's generation_config.json says the same.
-TOY_SAMPLER = SamplerSettings(steps=8, gen_length=GEN_LEN)
+def toy_sampler(name: str) -> SamplerSettings:
+    """The sampler a shipped toy is run with: its ``generation_config.json`` (module docstring).
+
+    ``name`` is ``"llada"`` / ``"dream"`` or the folder name; the toy's short name is also
+    its sampler family. Read on every call (cheap), so a changed file or
+    ``$FAIRREF_TOY_MODELS`` is never shadowed by a stale copy.
+    """
+    d = checkpoint_dir(name)  # raises ValueError naming the known toys
+    family = {folder: short for short, folder in TOY_MODELS.items()}[d.name]
+    return load_generation_config(d, family)[0]
 
 
 @dataclass
@@ -64,7 +74,7 @@ def frontier_stats(trace) -> tuple[list[float], list[float], list[float]]:
 
 @torch.no_grad()
 def run_task(
-    model, task: str, problems: list[tuple[str, str]], cfg: SamplerSettings = TOY_SAMPLER,
+    model, task: str, problems: list[tuple[str, str]], cfg: SamplerSettings,
     stats: FrontierStats | None = None, chunk: int = 500, completions: list[str] | None = None,
 ) -> list[bool]:
     """Exact-match correctness of the sampler's answer for each problem of ``task``;
@@ -91,10 +101,27 @@ def run_task(
 
 
 def quick_accuracy(model, n: int = 48, seed: int = 123) -> str:
-    """A short progress line: held-out accuracy per task on ``n`` problems each."""
-    cfg = TOY_SAMPLER
+    """A short progress line: held-out accuracy per task on ``n`` problems each, under the
+    sampler the shipped toy of the same architecture is run with (:func:`toy_sampler`)."""
+    cfg = toy_sampler(sampler_family(model))
     parts = []
     for task in TASKS:
         ok = run_task(model, task, make_problems(task, n, seed, split="heldout"), cfg)
         parts.append(f"{task} {sum(ok) / len(ok):.2f}")
     return " ".join(parts)
+
+
+def describe_sampler(settings: SamplerSettings, family: str) -> str:
+    """A short description of ``settings`` for reports, with only the fields the ``family``
+    loop reads, e.g. "LLaDA low_confidence, 16 tokens in 8 steps, blocks of 4, temperature 0"."""
+    s = settings
+    if family == "llada":
+        B = s.block_length or s.gen_length
+        blocks = "one block" if B >= s.gen_length else f"blocks of {B}"
+        extra = f", cfg_scale {s.cfg_scale:g}" if s.cfg_scale else ""
+        head = f"LLaDA {s.remasking}, {s.gen_length} tokens in {s.steps} steps, {blocks}"
+    else:
+        extra = "".join(f", {k} {getattr(s, k)}" for k in ("alg_temp", "top_p", "top_k")
+                        if getattr(s, k) is not None)
+        head = f"Dream {s.alg}, {s.gen_length} tokens in {s.steps} steps, one region"
+    return f"{head}, temperature {s.temperature:g}{extra}"

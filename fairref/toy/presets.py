@@ -32,10 +32,10 @@ import torch
 
 from fairref.files import write_text_atomic
 from fairref.models import DreamConfig, LLaDAConfig, build, save
-from fairref.toy.evaluate import TOY_SAMPLER
 from fairref.toy.char_tokenizer import (
     BOS_ID,
     EOS_ID,
+    GEN_LEN,
     MASK_ID,
     PAD_ID,
     PROMPT_LEN,
@@ -114,15 +114,31 @@ def build_toy(arch: str) -> torch.nn.Module:
     return model
 
 
+#: the sampler each toy is shipped with (what :func:`save_toy` writes into
+#: generation_config.json; only keys that arch's loop reads). Temperature 0, G = 16 tokens in
+#: 8 steps. LLaDA: semi-autoregressive, blocks of 4 with 2 steps each (2 commits per step),
+#: ``low_confidence`` — the way LLaDA-Instruct is run (block_length < gen_length). In one
+#: block of 16 the toy committed its EOS tail first (93% of the positions written at steps 0
+#: and 1 were EOS), so the frontier was EOS ties; in blocks of 4 its earliest commits are
+#: answer characters, at the same full-precision accuracy (paper_repro/results/
+#: sampler_regime.md; toy_models/README.md "Sampler"). Dream: its public loop over the
+#: whole region (Dream has no blocks), ``maskgit_plus`` (top-1 probability).
+TOY_GENERATION = {
+    "llada": {"steps": 8, "gen_length": GEN_LEN, "block_length": 4,
+              "remasking": "low_confidence"},
+    "dream": {"steps": 8, "gen_length": GEN_LEN, "alg": "maskgit_plus"},
+}
+
+
 def generation_config(arch: str) -> dict:
-    """The default sampler and the prompt format of the toy models, as ``fairref generate``
-    reads them from ``generation_config.json``: BOS first, prompts left-padded to the fixed
-    length P with visible pad tokens (as in training), G = 16 tokens in 8 steps, one block."""
-    s = TOY_SAMPLER  # the report's defaults: one source of truth
-    own = ({"block_length": s.block_length or s.gen_length, "remasking": s.remasking}
-           if arch == "llada" else {"alg": s.alg})  # only keys that arch's sampler reads
-    return {"steps": s.steps, "gen_length": s.gen_length, **own, "add_bos": True,
-            "prompt_length": PROMPT_LEN}
+    """The ``generation_config.json`` of a toy: its sampler (:data:`TOY_GENERATION`) and the
+    prompt format, as ``fairref generate`` reads them: BOS first, prompts left-padded to the
+    fixed length P with visible pad tokens (as in training). Everything that runs a shipped
+    toy reads the file back (``fairref.toy.evaluate.toy_sampler``), never this dict; a test
+    checks that the two agree."""
+    if arch not in TOY_GENERATION:
+        raise ValueError(f"arch must be 'llada' or 'dream', got {arch!r}")
+    return {**TOY_GENERATION[arch], "add_bos": True, "prompt_length": PROMPT_LEN}
 
 
 def save_toy(model: torch.nn.Module, arch: str, out: str | Path, train_config: dict | None = None) -> Path:
