@@ -36,7 +36,9 @@ from fairref.models.tokenizer import PromptFormat, TextTokenizer, encode_prompts
 
 @dataclass(frozen=True)
 class SamplerSettings:
-    """Sampler settings of SPEC §2 for both loops; defaults are the toy models' regime."""
+    """Sampler settings of SPEC §2 for both loops. The defaults are small (16 tokens in 8
+    greedy steps, one block); a model's own settings come from its generation_config.json
+    (:func:`load_generation_config`; the LLaDA toy ships blocks of 4)."""
 
     steps: int = 8  # total denoising steps T (both loops)
     gen_length: int = 16  # G, tokens generated after the prompt (both loops)
