@@ -175,3 +175,39 @@ def test_no_dense_K_by_K_rotation_is_formed_at_K_12288():
         quantize_model(model, states, config=CalibConfig(solver="flat",
                                                          flat=FlatConfig(epochs=1, batch=2)))
     assert seen.numel < K * K // 64  # the largest is a (64, 12288) weight
+
+
+def test_cli_calibrate_stream_writes_what_the_in_memory_run_writes_and_resumes(
+        tmp_path, monkeypatch, capsys):
+    """`fairref calibrate --stream`: the same config.json and tensors as without it; killed
+    in block 2 of 3, `--stream --resume` recalibrates from the written blocks to the same
+    files as an uninterrupted streamed run."""
+    import fairref.fair.pipeline as pipeline_module
+    from test_cli_pipeline import _calibrate, _checkpoint, _jsonl
+
+    ckpt = _checkpoint(tmp_path / "m"), _jsonl(tmp_path / "p.jsonl")
+    mem, a, c = tmp_path / "mem", tmp_path / "a", tmp_path / "c"
+    assert _calibrate(ckpt, mem, "--method", "fair-gptq") == 0
+    assert _calibrate(ckpt, a, "--method", "fair-gptq", "--stream") == 0
+    assert (a / "config.json").read_bytes() == (mem / "config.json").read_bytes()
+    one, streamed = load_file(str(mem / "model.safetensors")), read_weights(a)
+    assert one.keys() == streamed.keys() and all(torch.equal(one[k], streamed[k]) for k in one)
+
+    original = pipeline_module.quantize_model
+
+    def killed_in_block_2(*args, on_block=None, **kw):
+        def hook(l, model):
+            on_block(l, model)
+            if l == 1:
+                raise KeyboardInterrupt  # block 2 final but not yet written
+        return original(*args, on_block=hook, **kw)
+
+    monkeypatch.setattr(pipeline_module, "quantize_model", killed_in_block_2)
+    assert _calibrate(ckpt, c, "--method", "fair-gptq", "--stream") == 130
+    assert not c.exists() and (tmp_path / "c.partial" / "progress.json").is_file()
+    monkeypatch.setattr(pipeline_module, "quantize_model", original)
+    capsys.readouterr()
+    assert _calibrate(ckpt, c, "--method", "fair-gptq", "--stream", "--resume") == 0
+    assert "resumed after block 1" in capsys.readouterr().out
+    assert _files(c) == _files(a)
+    assert not (tmp_path / "c.partial").exists()
