@@ -22,9 +22,20 @@ description (a rotation is pure data: kind, dim, block, seed), and for the whole
 method, the solver settings and the file of the Stage I prior used, if any (copied in).
 Reloading gives bit-identical outputs: every stored number is the one the forward uses.
 
-``save_quantized`` writes atomically (a temporary directory, then a rename) and refuses an
-existing directory unless ``overwrite``. ``load_quantized`` checks that the tensors agree
-with the ``quantization_config`` (shapes, dtypes, names) and names what does not.
+The tensors live in one ``model.safetensors`` (the default) or, with
+``shard_per_block=True`` and in everything layer streaming writes
+(``fairref.models.blocks``), in ``model-0000ℓ-of-0000M.safetensors`` shards — shard ℓ + 1
+holds block ℓ, the last one (M = N + 1) the embedding, final norm and head — listed by a
+``model.safetensors.index.json`` in the layout of the float checkpoints. The two layouts
+hold the same tensors bit for bit; both writers build them with :func:`quantized_tensors`
+and the config with :func:`quantized_config`, so a streamed directory is byte-identical
+to ``save_quantized(..., shard_per_block=True)`` of the same model.
+
+``save_quantized`` checks the free disk space first, then writes atomically (a temporary
+directory, then a rename) and refuses an existing directory unless ``overwrite``.
+``load_quantized`` (through :func:`rebuild_quantized`, which also rebuilds one streamed
+block on resume) checks that the tensors agree with the ``quantization_config`` (shapes,
+dtypes, names) and names what does not.
 """
 
 from __future__ import annotations
