@@ -107,7 +107,10 @@ class StreamingBlocks:
             self.out.name + ".partial")
         self.dtype, self.device, self.run_key = dtype, device, run_key
         self.overwrite = overwrite
-        if self.out.exists() and (not self.out.is_dir() or any(self.out.iterdir())) and not overwrite:
+        if self.out.exists() and not self.out.is_dir():
+            raise FileExistsError(f"{self.out} exists and is not a directory; choose another "
+                                  "output path or remove the file")
+        if self.out.is_dir() and any(self.out.iterdir()) and not overwrite:
             raise FileExistsError(f"{self.out} exists and is not empty; pass overwrite=True "
                                   "(--force) to replace it, or choose another output path")
         # the skeleton: every parameter on meta (no memory), then the non-block ones read
@@ -182,7 +185,7 @@ class StreamingBlocks:
         modules = {k: v for b in self._progress["blocks"] for k, v in b["modules"].items()}
         config_text = quantized_config(self.model, modules, method, prior_file is not None)
         copies = side_files(prior_file, source)
-        check_free_space(self.out, tensor_bytes(rest) + 256 * len(rest) + len(config_text)
+        check_free_space(self.out, tensor_bytes(rest) + 256 * len(rest) + len(config_text.encode())
                          + sum(f.stat().st_size for f in copies.values()))
         weight_map = {k: shard_file(l + 1, n + 1) for l, b in enumerate(self._progress["blocks"])
                       for k in b["tensors"]}
