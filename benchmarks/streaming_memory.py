@@ -24,7 +24,7 @@ the 2→4-block growth per block × 28: flat if streaming holds), and last
 ``torch.set_num_threads(2)`` in every child.
 
 Usage: ``python benchmarks/streaming_memory.py [--dir D] [--states S] [--length L]
-[--epochs E] [--batch B] [--vocab V]`` (``--dir`` keeps the files; default a temporary
+[--epochs E] [--batch B] [--vocab V] [--methods fair,fair-gptq]`` (``--dir`` keeps the files; default a temporary
 directory, about 2 GiB of float shards and 0.5 GiB of output).
 """
 
@@ -125,7 +125,9 @@ def main() -> None:
     p.add_argument("--states", type=int, default=4, help="calibration sequences (4)")
     p.add_argument("--length", type=int, default=64, help="tokens per sequence (64)")
     p.add_argument("--epochs", type=int, default=1, help="flat solver epochs (1)")
-    p.add_argument("--batch", type=int, default=2, help="flat solver batch (2)")
+    p.add_argument("--batch", type=int, default=4, help="flat solver batch (4: one step)")
+    p.add_argument("--methods", default="fair,fair-gptq",
+                   help="comma-separated methods to run (default: fair,fair-gptq)")
     p.add_argument("--vocab", type=int, default=1024, help="embedding rows (1024)")
     p.add_argument("--child", nargs=3, metavar=("SRC", "METHOD", "OUT"), help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -143,7 +145,7 @@ def main() -> None:
               f"[1/4, 4]; W4A4, Hadamard; flat solver {args.epochs} epoch(s) at batch "
               f"{args.batch}; torch.set_num_threads(2); each run in a fresh subprocess")
         ratios = []
-        for method in ("fair", "fair-gptq"):
+        for method in args.methods.split(","):
             runs = {}
             for n, src in ((2, two), (N_BLOCKS, four)):
                 r = runs[n] = run_child(src, method, root / f"q_{method}_{n}", args)
