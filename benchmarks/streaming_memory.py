@@ -23,6 +23,16 @@ the 2→4-block growth per block × 28: flat if streaming holds), and last
 ``peak_rss_ratio_4_vs_2_blocks R`` (the larger of the two methods; target ≤ 1.15).
 ``torch.set_num_threads(2)`` in every child.
 
+Measured on the shared 2-core machine it was made on (load average 4–6 from other jobs,
+so times are pessimistic; RSS is not affected), default settings, ``--methods fair``:
+per block 147, 130 s (2 blocks) and 137, 138, 127, 89 s (4 blocks), peak RSS 8.56 GiB
+and 8.57 GiB, extrapolated 32 blocks 65.6 min and 8.75 GiB,
+``peak_rss_ratio_4_vs_2_blocks 1.001``. The flat solver's step is weight-bound at this
+width (the fake-quantized weights through the Kronecker transform, forward and backward,
+about a minute per step here), and GPTQ's Cholesky factorisations of the 12288 × 12288
+Hessian of the down projection take about two minutes: the full default run does not fit
+15 minutes on two loaded cores.
+
 Usage: ``python benchmarks/streaming_memory.py [--dir D] [--states S] [--length L]
 [--epochs E] [--batch B] [--vocab V] [--methods fair,fair-gptq]`` (``--dir`` keeps the files; default a temporary
 directory, about 2 GiB of float shards and 0.5 GiB of output).
