@@ -31,7 +31,9 @@ and 8.57 GiB, extrapolated 32 blocks 65.6 min and 8.75 GiB,
 width (the fake-quantized weights through the Kronecker transform, forward and backward,
 about a minute per step here), and GPTQ's Cholesky factorisations of the 12288 × 12288
 Hessian of the down projection take about two minutes: the full default run does not fit
-15 minutes on two loaded cores.
+15 minutes on two loaded cores. ``--methods fair-gptq`` was stopped unfinished after 29
+minutes inside its 2-block run (RSS sampled at 2.5–5.0 GiB meanwhile); its per-block
+time and ratio are not measured yet.
 
 Usage: ``python benchmarks/streaming_memory.py [--dir D] [--states S] [--length L]
 [--epochs E] [--batch B] [--vocab V] [--methods fair,fair-gptq]`` (``--dir`` keeps the files; default a temporary
