@@ -426,6 +426,10 @@ def _add_calibrate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue the interrupted run saved in QDIR.partial/ (same settings "
                         "required; the result is byte-identical to an uninterrupted run)")
+    p.add_argument("--stream", action="store_true",
+                   help="layer streaming: after Stage I, read one block at a time from "
+                        "--model's shards and write each quantized block before the next "
+                        "(resident: embedding, head, one block); same bytes as without")
     p.add_argument("--epochs", type=positive_int, default=15,
                    help="flat solver: epochs per block (default: %(default)s, SPEC §4.3d)")
     p.add_argument("--batch", type=positive_int, default=4,
@@ -503,7 +507,7 @@ def _given_prior(args, settings):
     return prior
 
 
-def _write_calibrated(result, args) -> None:
+def _write_calibrated(result, args, stream=None) -> None:
     """The quantized checkpoint of ``result`` at --out (atomic), with the prior it used."""
     import tempfile
 
@@ -524,6 +528,9 @@ def _write_calibrated(result, args) -> None:
         if result.prior is not None:  # the prior as the method used it (ablation applied)
             prior_file = Path(tmp) / "prior.json"
             result.prior.save(prior_file)
+        if stream is not None:  # the blocks are on disk already: finalise OUT
+            stream.save(method=desc, prior_file=prior_file, source=args.model)
+            return
         save_quantized(result.model, args.out, method=desc, prior_file=prior_file,
                        source=args.model, overwrite=args.force)
 
@@ -561,7 +568,8 @@ def _run_calibrate(args: argparse.Namespace) -> int:
     prior = None if args.prior is None else _given_prior(args, settings)
     ps, ids, attn = _prompts(args, "train", device)
     inputs_hash = _inputs_hash(args, method, settings, ids, args.prior)
-    resume_blocks = _resume_blocks(partial, inputs_hash, device) if args.resume else []
+    resume_blocks = (_resume_blocks(partial, inputs_hash, device)
+                     if args.resume and not args.stream else [])
     if partial.exists() and not args.resume:
         shutil.rmtree(partial)  # --force: start over
     data = None
@@ -570,13 +578,20 @@ def _run_calibrate(args: argparse.Namespace) -> int:
             data = prepare(teacher, ids, settings, states_per_rollout=args.states,
                            rollouts=args.rollouts, seed=args.seed, attention_mask=attn)
     n_blocks = len(teacher.blocks)
+    if args.stream:  # Stage I is done: drop the teacher, stream blocks through OUT.partial
+        from fairref.models.blocks import StreamingBlocks
+        from fairref.quant import QuantSpec
+
+        teacher = StreamingBlocks(args.model, args.out, device=device, resume=args.resume,
+                                  run_key=inputs_hash, overwrite=args.force,
+                                  w_spec=QuantSpec(bits=args.w_bits), work_dir=partial)
     bar = progress_bar(range(n_blocks), desc=f"calibrate {method.name}", unit="block")
 
     def on_block(l: int, model) -> None:
         bar.update(1)
         # the partial run already holds resumed blocks; the last block's result is the
         # checkpoint itself
-        if len(resume_blocks) <= l < n_blocks - 1:
+        if len(resume_blocks) <= l < n_blocks - 1 and not args.stream:
             save_quantized(model, partial, overwrite=True, method={"partial": {
                 "blocks_done": l + 1, "inputs_hash": inputs_hash, "method": method.name}})
 
@@ -591,10 +606,11 @@ def _run_calibrate(args: argparse.Namespace) -> int:
         raise
     finally:
         bar.close()
-    _write_calibrated(result, args)
+    _write_calibrated(result, args, teacher if args.stream else None)
     shutil.rmtree(partial, ignore_errors=True)
     took = result.seconds + (data.seconds if data is not None else 0.0)
-    resumed = f", resumed after block {len(resume_blocks)}" if resume_blocks else ""
+    done = teacher.n_done if args.stream else len(resume_blocks)
+    resumed = f", resumed after block {done}" if done else ""
     print(f"{method.name} at W{args.w_bits}A{args.a_bits} on {ids.shape[0]} prompts "
           f"({ps.source}){resumed}: {took:.1f} s")
     if result.report.block_loss:

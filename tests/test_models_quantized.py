@@ -106,3 +106,36 @@ def test_files_that_disagree_with_the_quantization_config_are_refused(tmp_path, 
         save_file(t, str(f))
     with pytest.raises(ValueError, match=match):
         load(d)
+
+
+@pytest.mark.parametrize("damage, match", [
+    ("drop_scale", "missing tensor .*weight_scale"),
+    ("extra", "unexpected tensors"),
+    ("bits", "expected torch.int8"),
+])
+def test_sharded_files_that_disagree_with_the_quantization_config_are_refused(tmp_path, damage,
+                                                                               match):
+    """The one-shard-per-block layout (what layer streaming writes) is read through its
+    index, and checked against the quantization_config exactly like model.safetensors."""
+    m = _model("llada")
+    quantize_model(m, config=CalibConfig(solver="rtn"))
+    d = save_quantized(m, tmp_path / "q", shard_per_block=True)
+    assert _same_logits(m, load(d))  # intact, it reloads bit for bit
+    index = json.loads((d / "model.safetensors.index.json").read_text())
+    name = next(k for k in index["weight_map"] if k.endswith("blocks.1.q_proj.weight_packed"))
+    shard = d / index["weight_map"][name]
+    t = load_file(str(shard))
+    if damage == "drop_scale":
+        gone = name.replace("weight_packed", "weight_scale")
+        del t[gone], index["weight_map"][gone]
+    elif damage == "extra":
+        t["model.surprise"] = torch.zeros(2)
+        index["weight_map"]["model.surprise"] = shard.name
+    else:  # the config claims 8-bit weights, the shard has packed nibbles
+        cfg = json.loads((d / "config.json").read_text())
+        cfg["quantization_config"]["modules"][name[:-len(".weight_packed")]]["weights"]["bits"] = 8
+        (d / "config.json").write_text(json.dumps(cfg))
+    save_file(t, str(shard))
+    (d / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match=match):
+        load(d)

@@ -24,6 +24,12 @@ Solver (d), ``solver="flat"``: the block's four sites are trained jointly by
 ``fairref.fair.solvers.flat_block`` on X^ℓ (or, with ``flat.fp_inputs``, on the teacher's
 input to block ℓ) and exported in place; X^{ℓ+1} is then produced by the *exported* block.
 
+Where blocks come from: a *block source* (``fairref.models.blocks``). In memory, every
+block of ``model`` is resident; with ``StreamingBlocks`` (layer streaming) block ℓ is read
+from the float checkpoint's shards when the loop reaches it and written to the output
+when it is final, so only the embedding, the head, one block and the two (B, L, d)
+activations h_fp, h_q are resident. The loop below is the same for both.
+
 The weights ``w`` are per hidden-state row (B, L): the caller maps positions to rows
 (for Dream, hidden state i carries the weight of position i + 1, SPEC §3.4) and zeroes
 padding. This module never builds a prior: that is Stage I's job.
@@ -45,6 +51,7 @@ import torch
 from torch import Tensor, nn
 
 from fairref.fair.solvers import FlatConfig, flat_block, search_act_clip, search_weight_clip
+from fairref.models.blocks import InMemoryBlocks
 from fairref.quant.gptq import gptq_quantize
 from fairref.quant.grid import QuantSpec, fake_quantize, quantize
 from fairref.quant.hessian import HessianAccumulator
@@ -172,7 +179,8 @@ def quantize_model(model, states: Tensor | None = None, weights: Tensor | None =
                    attention_mask: Tensor | None = None, config: CalibConfig = CalibConfig(),
                    progress: Callable[[str], None] | None = None, *,
                    resume_blocks: Sequence[nn.Module] = (),
-                   on_block: Callable[[int, nn.Module], None] | None = None) -> CalibReport:
+                   on_block: Callable[[int, nn.Module], None] | None = None,
+                   blocks=None) -> CalibReport:
     """Quantize every linear inside ``model.blocks`` in place (SPEC §4.2).
 
     ``states``: (B, L) token ids of the calibration states (teacher states x_t for the
@@ -186,15 +194,26 @@ def quantize_model(model, states: Tensor | None = None, weights: Tensor | None =
     ``on_block``). They are swapped in instead of being calibrated again; X^ℓ, Y^ℓ and L_ℓ
     are recomputed by running them, which is deterministic, so the run continues to the
     same bytes as an uninterrupted one. ``on_block(ℓ, model)`` is called after block ℓ is
-    final (the model then holds blocks 0..ℓ quantized, the rest still float).
+    final (the model then holds blocks 0..ℓ quantized, the rest still float; with a
+    streaming source only block ℓ is resident).
+
+    ``blocks``: the block source (``fairref.models.blocks``) the loop reads block ℓ from
+    and hands final blocks to; default ``InMemoryBlocks(model, resume_blocks)``. A
+    ``StreamingBlocks`` source (``model`` must then be its ``.model``) keeps one block
+    resident and writes each final block to disk; it resumes from the blocks its work
+    directory holds, so ``resume_blocks`` must then be empty. The loop is the same.
     """
+    if blocks is None:
+        blocks = InMemoryBlocks(model, resume_blocks)
+    elif resume_blocks:
+        raise ValueError("resume_blocks is for the in-memory source; a streaming source "
+                         "resumes from its own work directory (StreamingBlocks(resume=True))")
+    elif blocks.model is not model:
+        raise ValueError("model must be the block source's model (blocks.model)")
     if (config.solver != "rtn" or config.clip_search) and states is None:
         raise ValueError(f"states is required for solver={config.solver!r}"
                          f"{' with clip_search' if config.clip_search else ''} (calibration "
                          "data); use solver='rtn' for data-free quantization")
-    if len(resume_blocks) > len(model.blocks):
-        raise ValueError(f"resume_blocks has {len(resume_blocks)} blocks but the model only "
-                         f"{len(model.blocks)}; it comes from another model")
     w = weights
     if states is not None:
         if states.ndim != 2:
@@ -215,12 +234,14 @@ def quantize_model(model, states: Tensor | None = None, weights: Tensor | None =
     if states is not None:
         h_fp = model.embed(states)  # (B, L, d) teacher path
         h_q = h_fp.clone()  # (B, L, d) quantized path
-    for l in range(len(model.blocks)):
-        block = model.blocks[l]
+    n_blocks, resumed = len(blocks), blocks.n_done
+    for l in range(n_blocks):
+        block = None
+        if l >= resumed or h_fp is not None:  # resident from here until blocks.finish(l)
+            block = blocks.float_block(l)
         Y = None if h_fp is None else model.run_block(l, h_fp, attention_mask)  # target Y^ℓ
-        if l < len(resume_blocks):  # quantized by the interrupted run: swap it in
-            device = next(block.parameters()).device
-            model.blocks[l] = block = resume_blocks[l].to(device)
+        if l < resumed:  # quantized by the interrupted run: swap it in
+            block = blocks.final_block(l)
         elif config.solver == "flat":
             X = h_fp if config.flat.fp_inputs else h_q  # FlatQuant's option: teacher inputs
             gptq = dict(percdamp=config.percdamp, blocksize=config.blocksize,
@@ -229,7 +250,7 @@ def quantize_model(model, states: Tensor | None = None, weights: Tensor | None =
                 block, groups, lambda h, m: model.run_block(l, h, m), X, Y, w, attention_mask,
                 config.w_spec, config.a_spec, config.rotation, config.rotation_seed,
                 config.flat, gptq=gptq)
-        for group in groups if config.solver != "flat" and l >= len(resume_blocks) else []:
+        for group in groups if config.solver != "flat" and l >= resumed else []:
             xs = {}
             if config.solver == "gptq" or config.clip_search:
                 xs = _capture_inputs(block, group,
@@ -250,7 +271,8 @@ def quantize_model(model, states: Tensor | None = None, weights: Tensor | None =
             h_fp = Y
         if progress is not None:
             loss = f", L_ℓ = {report.block_loss[-1]:.4g}" if report.block_loss else ""
-            progress(f"block {l + 1}/{len(model.blocks)} quantized ({config.solver}){loss}")
+            progress(f"block {l + 1}/{n_blocks} quantized ({config.solver}){loss}")
         if on_block is not None:
             on_block(l, model)
+        blocks.finish(l)  # streaming: written to disk and dropped
     return report

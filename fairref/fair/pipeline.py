@@ -33,6 +33,7 @@ from fairref.fair.prior import Prior, PriorConfig, estimate_prior, token_weights
 from fairref.fair.probe import ProbeResult
 from fairref.fair.solvers import FlatConfig
 from fairref.fair.states import CalibStates, plain_inputs, teacher_states
+from fairref.models.blocks import StreamingBlocks
 from fairref.quant.grid import QuantSpec
 
 #: bits with which activations stay in floating point ("W4A16")
@@ -122,6 +123,12 @@ def calibrate(teacher, method: str | Method, data: CalibData | None = None, *,
               resume_blocks=(), on_block=None) -> Calibrated:
     """A quantized copy of ``teacher`` by ``method`` (the teacher is left untouched).
 
+    ``teacher`` is a model (deep-copied, every block resident) or a
+    :class:`~fairref.models.blocks.StreamingBlocks` source (layer streaming: nothing is
+    copied, one block is resident at a time and each final block is written to the
+    source's output; finish with ``source.save(method=result.description(), ...)``; the
+    result's ``model`` then holds no blocks).
+
     ``data`` from :func:`prepare` is required unless the method is data-free (RTN);
     ``prior`` overrides ``data.prior`` (e.g. one loaded from a file). ``seed`` seeds the
     flat solver's batch order and the shuffled-prior control. ``resume_blocks`` and
@@ -137,12 +144,25 @@ def calibrate(teacher, method: str | Method, data: CalibData | None = None, *,
         raise ValueError(f"method {m.name!r} weights tokens by a Stage I prior; give one")
     flat = dataclasses.replace(flat, seed=seed)
     cfg = calib_config(m, w_bits, a_bits, flat)
-    model = copy.deepcopy(teacher)
+    blocks = teacher if isinstance(teacher, StreamingBlocks) else None
+    model = teacher.model if blocks is not None else copy.deepcopy(teacher)
+
+    def checked(l: int, model) -> None:
+        # block ℓ is final and resident (in every source): no NaN/Inf may leave it
+        bad = [n for n, t in model.blocks[l].state_dict().items()
+               if t.is_floating_point() and not torch.isfinite(t).all()]
+        if bad:
+            raise ValueError(f"calibration by {m.name!r} produced NaN/Inf in block {l}: "
+                             f"{bad[0]} (and {len(bad) - 1} more); lower the flat solver's "
+                             "lr, or check the calibration data")
+        if on_block is not None:
+            on_block(l, model)
+
     t0 = time.perf_counter()
     p = None
     if not m.needs_data:
         report = quantize_model(model, config=cfg, progress=progress,
-                                resume_blocks=resume_blocks, on_block=on_block)
+                                resume_blocks=resume_blocks, on_block=checked, blocks=blocks)
     else:
         states = data.masked if m.data == "masked" else data.plain
         w = None
@@ -153,12 +173,13 @@ def calibrate(teacher, method: str | Method, data: CalibData | None = None, *,
                                  f"calibration states have "
                                  f"{states.ids.shape[1] - states.prompt_len}; probe with the "
                                  "same gen_length")
-            w = token_weights(p, states, logit_shift=teacher.logit_shift)
+            w = token_weights(p, states, logit_shift=model.logit_shift)
         report = quantize_model(model, states.ids, w, states.attention_mask, cfg,
                                 progress=progress, resume_blocks=resume_blocks,
-                                on_block=on_block)
-    bad = [n for n, t in model.state_dict().items()
-           if t.is_floating_point() and not torch.isfinite(t).all()]
+                                on_block=checked, blocks=blocks)
+    # what stays resident (every block in memory; embedding, norm and head when streaming)
+    bad = [n for n, t in model.state_dict().items() if t.is_floating_point()
+           and t.device.type != "meta" and not torch.isfinite(t).all()]
     if bad:
         raise ValueError(f"calibration by {m.name!r} produced NaN/Inf in {bad[0]} (and "
                          f"{len(bad) - 1} more); lower the flat solver's lr, or check the "

@@ -330,7 +330,7 @@ def save(model: Model, path: str | Path, dtype: torch.dtype | None = None,
     texts = [config_text, gen_text or ""]
     tok_bytes = tok_source.stat().st_size if isinstance(tok_source, Path) else (
         len(tok_source.to_str().encode()) if tok_source is not None else 0)
-    _check_free_space(path, _bytes_to_write(state, texts) + tok_bytes)
+    check_free_space(path, bytes_to_write(state, texts) + tok_bytes)
     with atomic_directory(path, overwrite=overwrite) as tmp:
         (tmp / CONFIG_FILE).write_text(config_text)
         if max_shard_bytes is None:
@@ -350,14 +350,14 @@ def save(model: Model, path: str | Path, dtype: torch.dtype | None = None,
 _HEADER_BYTES_PER_TENSOR = 256
 
 
-def _bytes_to_write(state: Mapping[str, Tensor], texts: list[str]) -> int:
+def bytes_to_write(state: Mapping[str, Tensor], texts: list[str]) -> int:
     """An upper estimate of what :func:`save` writes: the tensor data, a generous
     allowance for the safetensors headers and the index, and the text files."""
     data = sum(t.numel() * t.element_size() for t in state.values())
     return data + _HEADER_BYTES_PER_TENSOR * len(state) + sum(len(t.encode()) for t in texts)
 
 
-def _check_free_space(path: Path, need: int) -> None:
+def check_free_space(path: Path, need: int) -> None:
     """``ValueError`` if the filesystem that will hold ``path`` has less than ``need``
     bytes free; checked before anything is written, so a full disk never leaves a
     half-written checkpoint (the atomic write would clean up, but only after a long write)."""

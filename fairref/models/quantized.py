@@ -22,9 +22,20 @@ description (a rotation is pure data: kind, dim, block, seed), and for the whole
 method, the solver settings and the file of the Stage I prior used, if any (copied in).
 Reloading gives bit-identical outputs: every stored number is the one the forward uses.
 
-``save_quantized`` writes atomically (a temporary directory, then a rename) and refuses an
-existing directory unless ``overwrite``. ``load_quantized`` checks that the tensors agree
-with the ``quantization_config`` (shapes, dtypes, names) and names what does not.
+The tensors live in one ``model.safetensors`` (the default) or, with
+``shard_per_block=True`` and in everything layer streaming writes
+(``fairref.models.blocks``), in ``model-0000ℓ-of-0000M.safetensors`` shards — shard ℓ + 1
+holds block ℓ, the last one (M = N + 1) the embedding, final norm and head — listed by a
+``model.safetensors.index.json`` in the layout of the float checkpoints. The two layouts
+hold the same tensors bit for bit; both writers build them with :func:`quantized_tensors`
+and the config with :func:`quantized_config`, so a streamed directory is byte-identical
+to ``save_quantized(..., shard_per_block=True)`` of the same model.
+
+``save_quantized`` checks the free disk space first, then writes atomically (a temporary
+directory, then a rename) and refuses an existing directory unless ``overwrite``.
+``load_quantized`` (through :func:`rebuild_quantized`, which also rebuilds one streamed
+block on resume) checks that the tensors agree with the ``quantization_config`` (shapes,
+dtypes, names) and names what does not.
 """
 
 from __future__ import annotations
@@ -39,6 +50,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from fairref.files import atomic_directory, read_json
+from fairref.models.checkpoint import INDEX_FILE, WEIGHTS_FILE, bytes_to_write, check_free_space
 from fairref.quant.grid import QuantSpec
 from fairref.quant.int4 import pack_int4, unpack_int4
 from fairref.quant.linear import QuantLinear, transform_from_dict
@@ -82,7 +94,7 @@ def _join_tensors(desc: dict, prefix: str, tensors: dict[str, Tensor], where: st
             name = f"{prefix}.transform.{v[len(_TENSOR_REF):]}"
             if name not in tensors:
                 raise ValueError(f"{where}: the transform of {prefix} refers to tensor {name!r}, "
-                                 "which model.safetensors lacks")
+                                 "which they lack")
             full[k] = tensors.pop(name)
         else:
             full[k] = v
@@ -94,22 +106,25 @@ def quantized_linears(model: nn.Module) -> dict[str, QuantLinear]:
     return {n: m for n, m in model.named_modules() if isinstance(m, QuantLinear)}
 
 
-def save_quantized(model, path: str | Path, *, method: dict | None = None,
-                   prior_file: str | Path | None = None, source: str | Path | None = None,
-                   overwrite: bool = False) -> Path:
-    """Write the quantized ``model`` as a directory (module docstring).
+def blocks_prefix(model: nn.Module) -> str:
+    """The state-dict prefix of ``model.blocks`` ("model.transformer.blocks" for LLaDA,
+    "model.layers" for Dream): block ℓ's tensors are named ``f"{prefix}.{ℓ}.…"``."""
+    for name, m in model.named_modules():
+        if m is model.blocks:
+            return name
+    raise ValueError(f"{type(model).__name__}.blocks is not a submodule of the model")
 
-    ``method``: JSON-able record of the method and solver settings used; ``prior_file``: the
-    Stage I prior JSON to copy in as ``prior.json``; ``source``: the float checkpoint
-    directory whose tokenizer.json and generation_config.json are copied alongside.
-    """
-    qls = quantized_linears(model)
-    if not qls:
-        raise ValueError("the model has no QuantLinear: quantize it before saving it as a "
-                         "quantized checkpoint (fairref.models.save writes float models)")
+
+def quantized_tensors(module: nn.Module, prefix: str = "") -> tuple[dict[str, Tensor], dict]:
+    """What the directory stores for ``module`` (the whole model, or one block): the tensors
+    (module docstring) and the per-linear descriptions of ``quantization_config.modules``,
+    every name prefixed by ``prefix`` (e.g. "model.transformer.blocks.3")."""
+    pre = f"{prefix}." if prefix else ""
+    qls = quantized_linears(module)
     tensors: dict[str, Tensor] = {}
     modules = {}
-    for name, ql in qls.items():
+    for local, ql in qls.items():
+        name = pre + local
         # asymmetric grids are unsigned [0, 2^b − 1]: stored offset by −2^(b−1) (module doc)
         q = ql.q_w if ql.w_spec.symmetric else ql.q_w - 2 ** (ql.w_spec.bits - 1)
         tensors[f"{name}.weight_packed"] = (pack_int4(q) if ql.w_spec.bits == 4
@@ -125,25 +140,96 @@ def save_quantized(model, path: str | Path, *, method: dict | None = None,
                          "activations": _spec_to_dict(ql.a_spec),
                          "bias": ql.bias is not None, "transform": desc}
     inside = tuple(f"{n}." for n in qls)
-    for k, v in model.state_dict().items():
+    for k, v in module.state_dict().items():
         if not k.startswith(inside):
-            tensors[k] = v.detach().to(torch.float32).contiguous().cpu()
+            tensors[pre + k] = v.detach().to(torch.float32).contiguous().cpu()
+    return tensors, modules
+
+
+def quantized_config(model, modules: dict, method: dict | None, has_prior: bool) -> str:
+    """The text of a quantized directory's config.json: the model's config with its
+    ``quantization_config`` (module docstring)."""
     config = model.config.to_dict() if hasattr(model.config, "to_dict") else dict(vars(model.config))
     config["quantization_config"] = {
         "quant_method": "fairref", "format": FORMAT, "version": VERSION,
-        "method": method or {}, "prior": "prior.json" if prior_file is not None else None,
+        "method": method or {}, "prior": "prior.json" if has_prior else None,
         "modules": modules,
     }
+    return json.dumps(config, indent=2) + "\n"
+
+
+def shard_file(i: int, n: int) -> str:
+    """The name of shard ``i`` (1-based) of ``n``, as the public checkpoints name them."""
+    return f"model-{i:05d}-of-{n:05d}.safetensors"
+
+
+def write_index(folder: Path, weight_map: dict[str, str], total_size: int) -> None:
+    """``model.safetensors.index.json`` in the layout of the float checkpoints."""
+    index = {"metadata": {"total_size": total_size}, "weight_map": dict(sorted(weight_map.items()))}
+    (folder / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+
+
+def tensor_bytes(tensors: dict[str, Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def side_files(prior_file: str | Path | None, source: str | Path | None) -> dict[str, Path]:
+    """The files copied beside the weights: ``prior.json`` and the source's tokenizer.json
+    and generation_config.json (those present), by their name in the directory."""
+    files = {} if prior_file is None else {"prior.json": Path(prior_file)}
+    if prior_file is not None and not Path(prior_file).is_file():
+        raise FileNotFoundError(f"no prior file at {prior_file}")
+    if source is not None:
+        for f in ("tokenizer.json", "generation_config.json"):
+            if (Path(source) / f).is_file():
+                files[f] = Path(source) / f
+    return files
+
+
+def save_quantized(model, path: str | Path, *, method: dict | None = None,
+                   prior_file: str | Path | None = None, source: str | Path | None = None,
+                   overwrite: bool = False, shard_per_block: bool = False) -> Path:
+    """Write the quantized ``model`` as a directory (module docstring).
+
+    ``method``: JSON-able record of the method and solver settings used; ``prior_file``: the
+    Stage I prior JSON to copy in as ``prior.json``; ``source``: the float checkpoint
+    directory whose tokenizer.json and generation_config.json are copied alongside.
+    ``shard_per_block``: one shard per block plus one for the rest (embedding, final norm,
+    head) and an index, the layout the streaming writer (``fairref.models.blocks``)
+    produces byte for byte; default one ``model.safetensors``. Free disk space is checked
+    against the bytes to be written before anything is written (``ValueError`` when short).
+    """
+    if not quantized_linears(model):
+        raise ValueError("the model has no QuantLinear: quantize it before saving it as a "
+                         "quantized checkpoint (fairref.models.save writes float models)")
+    if shard_per_block:
+        prefix = blocks_prefix(model)
+        parts = [quantized_tensors(b, f"{prefix}.{l}") for l, b in enumerate(model.blocks)]
+        rest = {k: v.detach().to(torch.float32).contiguous().cpu()
+                for k, v in model.state_dict().items() if not k.startswith(f"{prefix}.")}
+        shards = [t for t, _ in parts] + [rest]
+        modules = {k: v for _, m in parts for k, v in m.items()}
+    else:
+        tensors, modules = quantized_tensors(model)
+        shards = [tensors]
+    config_text = quantized_config(model, modules, method, prior_file is not None)
+    copies = side_files(prior_file, source)
+    need = sum(bytes_to_write(s, []) for s in shards) + len(config_text.encode()) + sum(
+        f.stat().st_size for f in copies.values())
     path = Path(path)
+    check_free_space(path, need)
     with atomic_directory(path, overwrite=overwrite) as tmp:
-        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        if prior_file is not None:
-            shutil.copyfile(prior_file, tmp / "prior.json")
-        if source is not None:
-            for f in ("tokenizer.json", "generation_config.json"):
-                if (Path(source) / f).is_file():
-                    shutil.copyfile(Path(source) / f, tmp / f)
+        if not shard_per_block:
+            save_file(shards[0], str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        else:
+            weight_map = {}
+            for i, shard in enumerate(shards, start=1):
+                save_file(shard, str(tmp / shard_file(i, len(shards))), metadata={"format": "pt"})
+                weight_map.update({k: shard_file(i, len(shards)) for k in shard})
+            write_index(tmp, weight_map, sum(tensor_bytes(s) for s in shards))
+        (tmp / "config.json").write_text(config_text)
+        for name, f in copies.items():
+            shutil.copyfile(f, tmp / name)
     return path
 
 
@@ -160,7 +246,8 @@ def load_quantized(path: str | Path, build_float_model, tensors: dict[str, Tenso
     """Rebuild the quantized model of directory ``path`` (module docstring).
 
     ``build_float_model(config_dict)`` builds the float architecture from the config
-    without its ``quantization_config``; ``tensors`` is the whole of model.safetensors.
+    without its ``quantization_config``; ``tensors`` is every tensor of the directory's
+    safetensors (``model.safetensors``, or the shards its index lists).
     """
     path = Path(path)
     where = f"{path / 'config.json'}"
@@ -174,10 +261,32 @@ def load_quantized(path: str | Path, build_float_model, tensors: dict[str, Tenso
     if not isinstance(modules, dict) or not modules:
         raise ValueError(f"{where}: quantization_config.modules must list the quantized linears")
     model = build_float_model(raw)
+    rebuild_quantized(model, modules, tensors, str(path))
+    model.quantization_config = qc
+    return model
+
+
+def rebuild_quantized(root: nn.Module, modules: dict, tensors: dict[str, Tensor], where: str,
+                      prefix: str = "") -> nn.Module:
+    """Replace the linears of ``root`` named in ``modules`` by their stored QuantLinear and
+    load the remaining float tensors, strictly: a tensor the descriptions do not imply, or
+    one they imply that is absent or of another dtype or shape, is an error naming it.
+
+    ``root`` is the whole model (``prefix`` "") or one block (``prefix`` its path, e.g.
+    "model.transformer.blocks.3"); names in ``modules`` and ``tensors`` are full paths.
+    ``root`` may live on the ``meta`` device: every tensor is assigned, none copied into."""
+    pre = f"{prefix}." if prefix else ""
+    files = f"{where}'s safetensors"
     tensors = dict(tensors)
+    local_names = []
     for name, m in modules.items():
+        if not name.startswith(pre):
+            raise ValueError(f"{where}: quantization_config names module {name!r} outside "
+                             f"{prefix!r}")
+        local = name[len(pre):]
+        local_names.append(local)
         try:
-            lin = model.get_submodule(name)
+            lin = root.get_submodule(local)
         except AttributeError:
             raise ValueError(f"{where}: quantization_config names module {name!r}, which the "
                              "model does not have") from None
@@ -193,13 +302,12 @@ def load_quantized(path: str | Path, build_float_model, tensors: dict[str, Tenso
         def take(key: str, dtype: torch.dtype, shape: tuple | None) -> Tensor:
             full = f"{name}.{key}"
             if full not in tensors:
-                raise ValueError(f"{path / 'model.safetensors'}: missing tensor {full!r} that "
-                                 "the quantization_config implies")
+                raise ValueError(f"{files}: missing tensor {full!r} that the "
+                                 "quantization_config implies")
             t = tensors.pop(full)
             if t.dtype != dtype or (shape is not None and tuple(t.shape) != shape):
-                raise ValueError(f"{path / 'model.safetensors'}: {full} is {t.dtype} "
-                                 f"{tuple(t.shape)}, expected {dtype} {shape} from the "
-                                 "quantization_config")
+                raise ValueError(f"{files}: {full} is {t.dtype} {tuple(t.shape)}, expected "
+                                 f"{dtype} {shape} from the quantization_config")
             return t
 
         if w_spec.bits == 4:
@@ -214,22 +322,21 @@ def load_quantized(path: str | Path, build_float_model, tensors: dict[str, Tenso
         desc = m.get("transform")
         transform = None
         if desc is not None:
-            transform = transform_from_dict(_join_tensors(desc, name, tensors, where))
+            transform = transform_from_dict(_join_tensors(desc, name, tensors, files))
         try:
             ql = QuantLinear.from_quantized(q, s, z, w_spec, a_spec, bias, transform)
         except ValueError as e:
-            raise ValueError(f"{path}: {name}: {e}") from None
-        parent, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, attr, ql)
-    state = model.state_dict()
-    extra = sorted(set(tensors) - set(state))
-    missing = sorted(set(state) - set(tensors) - {k for k in state if k.startswith(
-        tuple(f"{n}." for n in modules))})
+            raise ValueError(f"{where}: {name}: {e}") from None
+        parent, _, attr = local.rpartition(".")
+        setattr(root.get_submodule(parent) if parent else root, attr, ql)
+    inside = tuple(f"{n}." for n in local_names)
+    want = {pre + k for k in root.state_dict() if not k.startswith(inside)}
+    extra, missing = sorted(set(tensors) - want), sorted(want - set(tensors))
     if extra or missing:
-        raise ValueError(f"{path / 'model.safetensors'}: "
+        raise ValueError(f"{files}: "
                          + (f"unexpected tensors {extra[:3]}" if extra else "")
                          + (" and " if extra and missing else "")
                          + (f"missing tensors {missing[:3]}" if missing else ""))
-    model.load_state_dict(tensors, strict=False)
-    model.quantization_config = qc
-    return model
+    root.load_state_dict({k[len(pre):]: v for k, v in tensors.items()}, strict=False,
+                         assign=True)
+    return root
