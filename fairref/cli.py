@@ -557,6 +557,10 @@ def _run_calibrate(args: argparse.Namespace) -> int:
         raise ValueError(f"--format compressed-tensors: method {method.name!r} cannot be exported: "
                          + transform_refusal("kronecker" if method.solver == "flat"
                                              else method.rotation))
+    if args.stream and args.format == "compressed-tensors":
+        raise ValueError("--stream writes fairref's own format block by block, and "
+                         "--format compressed-tensors needs the whole quantized model: drop "
+                         "--stream, or drop --format")
     partial = _partial_dir(args.out)
     if partial.exists() and not args.resume and not args.force:
         raise FileExistsError(f"{partial} holds an interrupted run of this output; pass "

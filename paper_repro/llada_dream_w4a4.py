@@ -63,7 +63,6 @@ import hashlib
 import json
 import shutil
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,10 +75,8 @@ from fairref.eval.math_answers import (draw_problems, is_correct, read_math_json
                                        split_problems)
 from fairref.eval.run import evaluate, teacher_eval_traces
 from fairref.eval.stats import paired_comparison
-from fairref.fair import FlatConfig, PriorConfig, get_method
-from fairref.fair.pipeline import CalibData, calibrate
-from fairref.fair.prior import estimate_prior
-from fairref.fair.states import plain_inputs, teacher_states
+from fairref.fair import FlatConfig, get_method
+from fairref.fair.pipeline import CalibData, calibrate, prepare
 from fairref.files import read_json, write_text_atomic
 from fairref.models import load, load_tokenizer
 from fairref.models.checkpoint import read_config
@@ -132,18 +129,12 @@ class ReproConfig:
 
 def stage1(teacher, ids: Tensor, attn: Tensor | None, settings: SamplerSettings,
            cfg: ReproConfig) -> CalibData:
-    """Stage I on the calibration prompts ``ids`` (C, P'): what
-    :func:`fairref.fair.pipeline.prepare` computes, with the rollouts run ``cfg.batch``
-    prompts at a time (one batch of 128 prompts would need ~45 GB for the float64 softmax
-    of LLaDA's 126k-token vocabulary alone). Lead: call ``prepare`` here once it passes a
-    ``batch_size`` on to ``estimate_prior``."""
-    t0 = time.perf_counter()
+    """Stage I on the calibration prompts ``ids`` (C, P'), rolled out ``cfg.batch`` prompts
+    at a time (one batch of 128 prompts would need ~45 GB for the float64 softmax of
+    LLaDA's 126k-token vocabulary alone)."""
     with torch.no_grad():
-        prior, result = estimate_prior(teacher, ids, settings, PriorConfig(), seed=cfg.seed,
-                                       attention_mask=attn, batch_size=cfg.batch)
-    S = cfg.states_per_rollout
-    return CalibData(prior, teacher_states(result.traces, result.bands, S),
-                     plain_inputs(result.traces, S), result, time.perf_counter() - t0)
+        return prepare(teacher, ids, settings, states_per_rollout=cfg.states_per_rollout,
+                       seed=cfg.seed, attention_mask=attn, batch_size=cfg.batch)
 
 
 def quantize(teacher, method: str, data, cfg: ReproConfig):

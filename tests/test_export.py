@@ -421,3 +421,15 @@ def test_an_unknown_format_is_a_usage_error(ckpt, tmp_path, capsys):
         _calibrate(ckpt, tmp_path / "q", "--method", "gptq", "--format", "gguf")
     assert e.value.code == 2
     _one_error_line(capsys, "--format", "compressed-tensors")
+
+
+def test_streaming_into_the_export_format_is_refused(ckpt, tmp_path, capsys, monkeypatch):
+    """--stream writes blocks in fairref's own layout as it goes; the export needs the whole
+    model, so the pair is refused up front with one line naming both flags."""
+    import fairref.fair.pipeline as pipeline_module
+
+    monkeypatch.setattr(pipeline_module, "prepare", lambda *a, **k: 1 / 0)
+    assert _calibrate(ckpt, tmp_path / "q", "--method", "gptq", "--stream",
+                      "--format", "compressed-tensors") == 2
+    _one_error_line(capsys, "--stream", "--format compressed-tensors")
+    assert list(tmp_path.iterdir()) == []

@@ -312,8 +312,8 @@ def test_help_says_what_the_user_provides_and_the_sampler_sources(capsys):
 
 
 def test_stage1_is_what_prepare_computes(tmp_path):
-    """The script's batched Stage I stands in for pipeline.prepare until prepare takes a
-    batch size; with every prompt in one batch it must be the same computation."""
+    """The script's Stage I is pipeline.prepare with its batch size passed on; with every
+    prompt in one batch it must be the same computation as one unbatched call."""
     from fairref.fair.pipeline import prepare
     from fairref.models import load
 

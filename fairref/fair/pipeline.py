@@ -53,16 +53,18 @@ class CalibData:
 
 def prepare(teacher, prompt_ids: Tensor, settings: SamplerSettings, *,
             prior_config: PriorConfig = PriorConfig(), states_per_rollout: int = 4,
-            rollouts: int = 1, seed: int = 0, attention_mask: Tensor | None = None
-            ) -> CalibData:
+            rollouts: int = 1, seed: int = 0, attention_mask: Tensor | None = None,
+            batch_size: int | None = None) -> CalibData:
     """Stage I on calibration ``prompt_ids`` (B, P): prior, teacher states, plain inputs.
 
     ``states_per_rollout`` is S of §4.1 (default 4); ``rollouts`` per prompt (more than one
-    only with a random sampler); ``seed`` seeds those rollouts.
+    only with a random sampler); ``seed`` seeds those rollouts; ``batch_size`` prompts are
+    rolled out at a time (None: all at once — a real model's vocabulary makes that large).
     """
     t0 = time.perf_counter()
     prior, result = estimate_prior(teacher, prompt_ids, settings, prior_config,
-                                   rollouts=rollouts, seed=seed, attention_mask=attention_mask)
+                                   rollouts=rollouts, seed=seed, attention_mask=attention_mask,
+                                   batch_size=batch_size)
     masked = teacher_states(result.traces, result.bands, states_per_rollout)
     plain = plain_inputs(result.traces, states_per_rollout)
     return CalibData(prior, masked, plain, result, time.perf_counter() - t0)
@@ -165,6 +167,10 @@ def calibrate(teacher, method: str | Method, data: CalibData | None = None, *,
                                 resume_blocks=resume_blocks, on_block=checked, blocks=blocks)
     else:
         states = data.masked if m.data == "masked" else data.plain
+        # Stage I may have left its states elsewhere (e.g. on the CPU); the block loop runs
+        # where the model's resident weights are (streaming: only embedding, norm, head)
+        device = next(t.device for t in model.parameters() if t.device.type != "meta")
+        states = states.to(device)
         w = None
         if m.needs_prior:
             p = method_prior(m, use_prior, seed)
