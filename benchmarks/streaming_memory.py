@@ -146,6 +146,8 @@ def main() -> None:
     if args.child:
         child(*args.child, args.states, args.length, args.epochs, args.batch)
         return
+    if args.dir is not None:
+        args.dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         root = Path(tmp)
         t0 = time.perf_counter()
