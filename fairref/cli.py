@@ -417,6 +417,10 @@ def _add_calibrate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--a-bits", type=activation_bits, default=4,
                    help="activation bits, 2..8, or 16 to keep activations in floating point "
                         "(default: %(default)s)")
+    p.add_argument("--smooth", type=float, default=None, metavar="ALPHA",
+                   help="SmoothQuant before the rtn / gptq solvers: fold ζ with migration "
+                        "strength ALPHA in [0, 1] (0.5 is SmoothQuant's default) into each "
+                        "norm and the linears it feeds (SPEC §4.4); off by default")
     p.add_argument("--out", type=Path, required=True, metavar="QDIR",
                    help="quantized checkpoint directory to write")
     p.add_argument("--format", choices=("fairref", "compressed-tensors"), default="fairref",
@@ -462,6 +466,7 @@ def _inputs_hash(args, method, settings, ids, prior_file) -> str:
     record = {"method": dataclasses.asdict(method), "w_bits": args.w_bits,
               "a_bits": args.a_bits, "epochs": args.epochs, "batch": args.batch,
               "states": args.states, "rollouts": args.rollouts, "seed": args.seed,
+              "smooth": args.smooth,
               "sampler": dataclasses.asdict(settings), "shape": list(ids.shape)}
     h.update(json.dumps(record, sort_keys=True).encode())
     return h.hexdigest()
@@ -576,8 +581,13 @@ def _run_calibrate(args: argparse.Namespace) -> int:
                      if args.resume and not args.stream else [])
     if partial.exists() and not args.resume:
         shutil.rmtree(partial)  # --force: start over
+    if args.smooth is not None and method.solver == "flat":
+        raise ValueError(f"--smooth: method {method.name!r} uses the flat solver, which learns "
+                         "its own smoothing; use --smooth with rtn, gptq, quarot or *-gptq")
+    if args.smooth is not None and not 0.0 <= args.smooth <= 1.0:
+        raise ValueError(f"--smooth {args.smooth}: the migration strength must be in [0, 1]")
     data = None
-    if method.needs_data:
+    if method.needs_data or args.smooth is not None:
         with torch.no_grad():
             data = prepare(teacher, ids, settings, states_per_rollout=args.states,
                            rollouts=args.rollouts, seed=args.seed, attention_mask=attn)
@@ -602,7 +612,8 @@ def _run_calibrate(args: argparse.Namespace) -> int:
     try:
         result = calibrate(teacher, method, data, prior=prior, w_bits=args.w_bits,
                            a_bits=args.a_bits, flat=flat, seed=args.seed,
-                           resume_blocks=resume_blocks, on_block=on_block)
+                           resume_blocks=resume_blocks, on_block=on_block,
+                           smooth_alpha=args.smooth)
     except ValueError:
         # a deterministic failure (NaN/Inf in calibration, ...): resuming would repeat it, so
         # no partial run is left behind; an interruption or an OSError keeps it for --resume

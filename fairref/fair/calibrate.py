@@ -57,6 +57,8 @@ from fairref.quant.grid import QuantSpec, fake_quantize, quantize
 from fairref.quant.hessian import HessianAccumulator
 from fairref.quant.linear import QuantLinear
 from fairref.quant.rotation import RotationKind, RotationSpec
+from fairref.quant.smooth import (activation_absmax, fold_into_norm, fold_into_weight,
+                                  smooth_factors)
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,11 @@ class CalibConfig:
     percdamp: float = 0.01  # GPTQ damping, fraction of mean(diag H)
     blocksize: int = 128  # GPTQ lazy-batch columns (does not change the result)
     act_order: bool = False  # GPTQ column order by descending diag H
+    #: SmoothQuant before "rtn"/"gptq" (SPEC §4.4): at every site fed by an RMSNorm
+    #: (``model.norm_sites()``), ζ with this migration strength α is folded into the norm
+    #: and the site's weights before they are quantized; None = off. The flat solver
+    #: learns its own ζ.
+    smooth_alpha: float | None = None
 
     def __post_init__(self) -> None:
         if self.solver not in ("rtn", "gptq", "flat"):
@@ -80,6 +87,18 @@ class CalibConfig:
         if self.clip_search and self.solver == "flat":
             raise ValueError("CalibConfig.clip_search is for solvers 'rtn' and 'gptq'; the flat "
                              "solver learns its clips")
+        if self.smooth_alpha is not None:
+            if self.solver == "flat":
+                raise ValueError("CalibConfig.smooth_alpha is for solvers 'rtn' and 'gptq'; the "
+                                 "flat solver learns its own smoothing ζ (FlatConfig.smooth)")
+            if not 0.0 <= self.smooth_alpha <= 1.0:
+                raise ValueError(f"CalibConfig.smooth_alpha must be in [0, 1] (SmoothQuant's "
+                                 f"migration strength), got {self.smooth_alpha!r}")
+
+    @property
+    def needs_data(self) -> bool:
+        """Whether the block loop needs calibration states (all but plain RTN)."""
+        return self.solver != "rtn" or self.clip_search or self.smooth_alpha is not None
 
 
 @dataclass
@@ -150,6 +169,24 @@ def _quantize_linear(lin: nn.Linear, x: Tensor | None, w: Tensor | None, cfg: Ca
     return ql, {"damp": res.damp, "fell_back_to_rtn": res.fell_back_to_rtn, **info}
 
 
+@torch.no_grad()
+def smooth_site(block: nn.Module, norm_name: str, group: Sequence[str], x: Tensor,
+                w: Tensor | None, alpha: float) -> Tensor:
+    """SmoothQuant at one site, in place: ζ = smooth_factors(max over the rows of x of
+    weight > 0, the group's stacked weights, α), then the norm weight g ⊘ ζ and each
+    linear's W diag ζ (SPEC §4.4). The block computes the same function up to rounding;
+    activation outliers have moved into the weights. ``x`` (B, L, K): the norm's output
+    (the group's shared input); ``w`` (B, L) row weights or None. Returns ζ (K,)."""
+    norm = block.get_submodule(norm_name)
+    lins = [block.get_submodule(n) for n in group]
+    W = torch.cat([lin.weight.detach().to(torch.float32) for lin in lins])  # (ΣN, K)
+    zeta = smooth_factors(activation_absmax(x, w), W, alpha).to(W.device)  # (K,)
+    norm.weight.copy_(fold_into_norm(norm.weight, zeta).to(norm.weight.dtype))
+    for lin in lins:
+        lin.weight.copy_(fold_into_weight(lin.weight, zeta).to(lin.weight.dtype))
+    return zeta
+
+
 def _group_rtn_loss(model, l: int, group: list[str], act_clip: float, h_q: Tensor, Y: Tensor,
                     w: Tensor | None, attention_mask: Tensor | None, cfg: CalibConfig) -> float:
     """L_ℓ with the group's linears RTN-quantized at activation clip ``act_clip`` (SPEC §4.3b)."""
@@ -210,10 +247,11 @@ def quantize_model(model, states: Tensor | None = None, weights: Tensor | None =
                          "resumes from its own work directory (StreamingBlocks(resume=True))")
     elif blocks.model is not model:
         raise ValueError("model must be the block source's model (blocks.model)")
-    if (config.solver != "rtn" or config.clip_search) and states is None:
+    if config.needs_data and states is None:
         raise ValueError(f"states is required for solver={config.solver!r}"
-                         f"{' with clip_search' if config.clip_search else ''} (calibration "
-                         "data); use solver='rtn' for data-free quantization")
+                         f"{' with clip_search' if config.clip_search else ''}"
+                         f"{' with smoothing' if config.smooth_alpha is not None else ''} "
+                         "(calibration data); use solver='rtn' for data-free quantization")
     w = weights
     if states is not None:
         if states.ndim != 2:
@@ -230,6 +268,9 @@ def quantize_model(model, states: Tensor | None = None, weights: Tensor | None =
             w = m if w is None else w * m
     report = CalibReport()
     groups = [list(g) for g in model.linear_groups()]
+    #: group → the RMSNorm feeding it, where SmoothQuant folds ζ (the other groups: none)
+    site_norm = ({tuple(lins): norm for norm, lins in model.norm_sites()}
+                 if config.smooth_alpha is not None else {})
     h_fp = h_q = None
     if states is not None:
         h_fp = model.embed(states)  # (B, L, d) teacher path
@@ -252,6 +293,10 @@ def quantize_model(model, states: Tensor | None = None, weights: Tensor | None =
                 config.flat, gptq=gptq)
         for group in groups if config.solver != "flat" and l >= resumed else []:
             xs = {}
+            if tuple(group) in site_norm:  # SmoothQuant on this group's inputs, then solve
+                x = _capture_inputs(block, group[:1],
+                                    lambda: model.run_block(l, h_q, attention_mask))[group[0]]
+                smooth_site(block, site_norm[tuple(group)], group, x, w, config.smooth_alpha)
             if config.solver == "gptq" or config.clip_search:
                 xs = _capture_inputs(block, group,
                                      lambda: model.run_block(l, h_q, attention_mask))

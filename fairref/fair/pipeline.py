@@ -83,13 +83,14 @@ def method_prior(method: Method, prior: Prior, seed: int = 0) -> Prior:
 
 
 def calib_config(method: Method, w_bits: int = 4, a_bits: int = 4,
-                 flat: FlatConfig = FlatConfig()) -> CalibConfig:
+                 flat: FlatConfig = FlatConfig(), smooth_alpha: float | None = None
+                 ) -> CalibConfig:
     """The Stage II configuration of ``method`` at W``w_bits``A``a_bits`` (SPEC §1, §4.3):
     weights per output channel, activations per token, both symmetric; ``a_bits=16``
     leaves activations in floating point."""
     a_spec = None if a_bits == FLOAT_ACTIVATIONS else QuantSpec(bits=a_bits, granularity="token")
     return CalibConfig(w_spec=QuantSpec(bits=w_bits), a_spec=a_spec, rotation=method.rotation,
-                       solver=method.solver, flat=flat)
+                       solver=method.solver, flat=flat, smooth_alpha=smooth_alpha)
 
 
 @dataclass
@@ -115,6 +116,7 @@ class Calibrated:
                 "flat": dataclasses.asdict(c.flat) if c.solver == "flat" else None,
                 "gptq": {"percdamp": c.percdamp, "blocksize": c.blocksize,
                          "act_order": c.act_order} if c.solver == "gptq" else None,
+                **({} if c.smooth_alpha is None else {"smooth_alpha": c.smooth_alpha}),
                 "block_loss": self.report.block_loss,
                 **self.info}
 
@@ -122,7 +124,8 @@ class Calibrated:
 def calibrate(teacher, method: str | Method, data: CalibData | None = None, *,
               prior: Prior | None = None, w_bits: int = 4, a_bits: int = 4,
               flat: FlatConfig = FlatConfig(), seed: int = 0, progress=None,
-              resume_blocks=(), on_block=None) -> Calibrated:
+              resume_blocks=(), on_block=None, smooth_alpha: float | None = None
+              ) -> Calibrated:
     """A quantized copy of ``teacher`` by ``method`` (the teacher is left untouched).
 
     ``teacher`` is a model (deep-copied, every block resident) or a
@@ -135,9 +138,18 @@ def calibrate(teacher, method: str | Method, data: CalibData | None = None, *,
     ``prior`` overrides ``data.prior`` (e.g. one loaded from a file). ``seed`` seeds the
     flat solver's batch order and the shuffled-prior control. ``resume_blocks`` and
     ``on_block`` are passed to :func:`~fairref.fair.calibrate.quantize_model` (resuming an
-    interrupted run, saving progress after each block).
+    interrupted run, saving progress after each block). ``smooth_alpha`` switches on
+    SmoothQuant (SPEC §4.4) for the methods of solver "rtn" and "gptq"; it needs
+    calibration activations, which a data-free method (RTN) then takes from the plain
+    inputs of ``data``.
     """
     m = get_method(method) if isinstance(method, str) else method
+    if smooth_alpha is not None and m.solver == "flat":
+        raise ValueError(f"smoothing is for the rtn and gptq solvers; method {m.name!r} uses "
+                         "the flat solver, which learns its own ζ")
+    if smooth_alpha is not None and data is None:
+        raise ValueError("smoothing measures activations: give Stage I data (pipeline.prepare) "
+                         f"to calibrate {m.name!r} with smooth_alpha")
     if m.needs_data and data is None:
         raise ValueError(f"method {m.name!r} calibrates on data: run Stage I first "
                          "(fairref.fair.pipeline.prepare, or `fairref probe`)")
@@ -145,7 +157,7 @@ def calibrate(teacher, method: str | Method, data: CalibData | None = None, *,
     if m.needs_prior and use_prior is None:
         raise ValueError(f"method {m.name!r} weights tokens by a Stage I prior; give one")
     flat = dataclasses.replace(flat, seed=seed)
-    cfg = calib_config(m, w_bits, a_bits, flat)
+    cfg = calib_config(m, w_bits, a_bits, flat, smooth_alpha)
     blocks = teacher if isinstance(teacher, StreamingBlocks) else None
     model = teacher.model if blocks is not None else copy.deepcopy(teacher)
 
@@ -162,7 +174,7 @@ def calibrate(teacher, method: str | Method, data: CalibData | None = None, *,
 
     t0 = time.perf_counter()
     p = None
-    if not m.needs_data:
+    if not cfg.needs_data:
         report = quantize_model(model, config=cfg, progress=progress,
                                 resume_blocks=resume_blocks, on_block=checked, blocks=blocks)
     else:
