@@ -45,6 +45,33 @@ def read_json(path: str | Path, what: str = "file") -> Any:
                          f"column {e.colno}); the file may be truncated or corrupt") from e
 
 
+def read_jsonl(path: str | Path, what: str, example: str) -> Iterator[tuple[int, str, dict]]:
+    """(line number, "FILE, line N", object) for each non-blank line of a JSONL file of
+    ``what`` (e.g. "prompts") whose lines must each be one JSON object; ``example`` (e.g.
+    ``'{"prompt": "..."}'``) is shown in the errors, which name the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no {what} file at {path}: give a JSONL file with one "
+                                f"{example} per line")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not UTF-8 text (byte {e.start}); give a JSONL file") from e
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"{path}, line {n}"
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{where}: not valid JSON ({e.msg}); write one JSON object per "
+                             "line") from None
+        if not isinstance(rec, dict):
+            raise ValueError(f"{where}: expected a JSON object like {example}, got "
+                             f"{line.strip()[:60]!r}")
+        yield n, where, rec
+
+
 def _temp_name(path: Path, kind: str) -> Path:
     """A fresh hidden name beside ``path`` (same filesystem, so the rename is atomic)."""
     return path.with_name(f".{path.name}.{kind}-{uuid.uuid4().hex[:12]}")

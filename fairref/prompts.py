@@ -29,6 +29,7 @@ from typing import Callable, Literal
 from torch import Tensor
 
 from fairref.diffusion import load_generation_config
+from fairref.files import read_jsonl
 from fairref.models import encode_prompts, load_tokenizer
 from fairref.models.checkpoint import read_config
 from fairref.models.config import DreamConfig
@@ -68,23 +69,11 @@ def is_toy_model(model_dir: str | Path) -> bool:
 def read_prompts_jsonl(path: str | Path) -> list[dict]:
     """The records of a prompts file: one JSON object per non-blank line, each with a
     ``"prompt"`` string and optionally an ``"answer"`` string; errors name the line."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no prompts file at {path}: give a JSONL file with one "
-                                '{"prompt": "..."} object per line')
     records = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}, line {n}"
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{where}: not valid JSON ({e.msg}); write one JSON object per "
-                             "line") from None
-        if not isinstance(rec, dict) or not isinstance(rec.get("prompt"), str):
+    for n, where, rec in read_jsonl(path, "prompts", '{"prompt": "..."}'):
+        if not isinstance(rec.get("prompt"), str):
             raise ValueError(f'{where}: expected an object with a "prompt" string, got '
-                             f"{line.strip()[:60]!r}")
+                             f"{json.dumps(rec)[:60]!r}")
         if "answer" in rec and not isinstance(rec["answer"], str):
             raise ValueError(f'{where}: "answer" must be a string, got {rec["answer"]!r}')
         records.append({**rec, "_line": n})

@@ -14,7 +14,6 @@ import torch
 from fairref.fair import CalibConfig, quantize_model
 from fairref.fair.calibrate import smooth_site
 from fairref.models import random_model
-from fairref.quant import QuantSpec
 from fairref.quant.linear import QuantLinear
 from fairref.quant.rotation import RotationSpec
 from fairref.quant.smooth import fold_into_norm, fold_into_weight, smooth_factors

@@ -40,13 +40,14 @@ release) by the hand-made cases of tests/test_llada_dream_repro.py.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
+
+from fairref.files import read_jsonl
 
 #: a number in a completion (module docstring): sign, $, digits with thousands commas,
 #: decimals, an optional /denominator
@@ -125,26 +126,8 @@ def is_correct(problem: MathProblem, completion: str) -> bool:
 
 def read_math_jsonl(path: str | Path) -> list[MathProblem]:
     """The problems of a GSM8K-style JSONL file (module docstring); errors name the line."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no problems file at {path}: give a JSONL file with one "
-                                '{"question": "...", "answer": "... #### 42"} per line')
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path} is not UTF-8 text (byte {e.start}); give a JSONL file") from e
     problems = []
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        where = f"{path}, line {n}"
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{where}: not valid JSON ({e.msg}); write one JSON object per "
-                             "line") from None
-        if not isinstance(rec, dict):
-            raise ValueError(f"{where}: expected a JSON object, got {line.strip()[:60]!r}")
+    for n, where, rec in read_jsonl(path, "problems", '{"question": "...", "answer": "... #### 42"}'):
         key = "question" if "question" in rec else "prompt"
         question, answer = rec.get(key), rec.get("answer")
         if not isinstance(question, str) or not question.strip():
