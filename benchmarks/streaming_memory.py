@@ -19,7 +19,7 @@ memory of a step does not depend on their number).
 
 Printed: the settings, per run the per-block seconds and peak RSS, per method the
 extrapolated 32-block time (mean block time × 32) and 32-block peak (the 4-block peak plus
-the 2→4-block growth per block × 28: flat if streaming holds), and last
+the 2→4-block growth per block × 28, none if it shrank: flat if streaming holds), and last
 ``peak_rss_ratio_4_vs_2_blocks R`` (the larger of the two methods; target ≤ 1.15).
 ``torch.set_num_threads(2)`` in every child.
 
@@ -27,13 +27,14 @@ Measured on the shared 2-core machine it was made on (load average 4–6 from ot
 so times are pessimistic; RSS is not affected), default settings, ``--methods fair``:
 per block 147, 130 s (2 blocks) and 137, 138, 127, 89 s (4 blocks), peak RSS 8.56 GiB
 and 8.57 GiB, extrapolated 32 blocks 65.6 min and 8.75 GiB,
-``peak_rss_ratio_4_vs_2_blocks 1.001``. The flat solver's step is weight-bound at this
+``peak_rss_ratio_4_vs_2_blocks 1.001``; ``--methods fair-gptq``: per block 248, 110 s and
+109, 101, 125, 280 s, peak RSS 7.94 and 7.89 GiB (ratio 0.994), extrapolated 32 blocks
+82 min and 7.89 GiB. The flat solver's step is weight-bound at this
 width (the fake-quantized weights through the Kronecker transform, forward and backward,
 about a minute per step here), and GPTQ's Cholesky factorisations of the 12288 × 12288
 Hessian of the down projection take about two minutes: the full default run does not fit
-15 minutes on two loaded cores. ``--methods fair-gptq`` was stopped unfinished after 29
-minutes inside its 2-block run (RSS sampled at 2.5–5.0 GiB meanwhile); its per-block
-time and ratio are not measured yet.
+15 minutes on two loaded cores. The two methods were run separately (``--methods
+fair``, then ``--methods fair-gptq``), each taking 10–17 minutes.
 
 Usage: ``python benchmarks/streaming_memory.py [--dir D] [--states S] [--length L]
 [--epochs E] [--batch B] [--vocab V] [--methods fair,fair-gptq]`` (``--dir`` keeps the files; default a temporary
@@ -169,7 +170,8 @@ def main() -> None:
                       f"{r['peak_rss_bytes'] / 2**30:.2f} GiB")
             per_block = sum(runs[N_BLOCKS]["block_s"]) / N_BLOCKS
             p2, p4 = runs[2]["peak_rss_bytes"], runs[N_BLOCKS]["peak_rss_bytes"]
-            p32 = p4 + (p4 - p2) / (N_BLOCKS - 2) * (32 - N_BLOCKS)
+            # growth per block; none (or a dip, noise) means the peak stays the 4-block one
+            p32 = p4 + max(p4 - p2, 0) / (N_BLOCKS - 2) * (32 - N_BLOCKS)
             print(f"{method:9s} extrapolated to 32 blocks: {per_block * 32 / 60:.1f} min "
                   f"({per_block:.1f} s/block), peak RSS {p32 / 2**30:.2f} GiB; "
                   f"ratio 4 vs 2 blocks {p4 / p2:.3f}")
