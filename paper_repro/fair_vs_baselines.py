@@ -51,7 +51,7 @@ import torch
 
 from fairref.diffusion import SamplerSettings, load_generation_config
 from fairref.eval.compare import (compare_trees, label_shares, mean_std,
-                                  per_problem)
+                                  paired_table, per_problem)
 from fairref.eval.metrics import MARGIN_EDGES
 from fairref.eval.run import evaluate
 from fairref.eval.stats import paired_comparison
@@ -307,16 +307,8 @@ def markdown(r: dict, tag: str) -> str:
                         "n/a" if v is None else f"{v:.4f}" for v in a["flip_by_margin"]) + " |")
             lines += ["", "Paired tests, fair − baseline on per-problem outcomes averaged over "
                       "subsets (mean difference [95% bootstrap CI], sign-test p; for accuracy "
-                      "positive favours fair, for flips and mismatches negative does):", "",
-                      "| baseline | Δ correct | p | Δ token flips/problem | p | "
-                      "Δ mismatched/problem | p |", "|---|---|---|---|---|---|---|"]
-            for b, pc in agg["paired"].items():
-                cells = []
-                for key in ("correct", "token_flips", "mismatched"):
-                    d = pc[key]["mean_diff"]
-                    cells += [f"{d['estimate']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}]",
-                              f"{pc[key]['sign_test_p']:.3g}"]
-                lines.append(f"| {b} | " + " | ".join(cells) + " |")
+                      "positive favours fair, for flips and mismatches negative does):", ""]
+            lines += paired_table(agg["paired"], "baseline")
             lines += [""] + verdict(agg["paired"]) + [""]
         if "diagnosis" in e:
             lines += diagnosis_markdown(regime, e["diagnosis"], c)

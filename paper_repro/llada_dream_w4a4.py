@@ -70,7 +70,7 @@ import torch
 from torch import Tensor
 
 from fairref.diffusion import SamplerSettings
-from fairref.eval.compare import per_problem
+from fairref.eval.compare import paired_table, per_problem
 from fairref.eval.math_answers import (draw_problems, is_correct, read_math_jsonl,
                                        split_problems)
 from fairref.eval.run import evaluate, teacher_eval_traces
@@ -380,16 +380,8 @@ def markdown(r: dict) -> str:
     if r["paired"]:
         lines += ["", f"Paired tests, {FAIR} − other on per-problem outcomes (mean difference "
                   "[95% bootstrap CI], sign-test p; for accuracy positive favours fair, for "
-                  "flips and mismatches negative does):", "",
-                  "| other | Δ correct | p | Δ token flips/problem | p | "
-                  "Δ mismatched/problem | p |", "|---|---|---|---|---|---|---|"]
-        for m, pc in r["paired"].items():
-            cells = []
-            for k in FAVOURS:
-                d = pc[k]["mean_diff"]
-                cells += [f"{d['estimate']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}]",
-                          f"{pc[k]['sign_test_p']:.3g}"]
-            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+                  "flips and mismatches negative does):", ""]
+        lines += paired_table(r["paired"], "other")
     return "\n".join(lines)
 
 

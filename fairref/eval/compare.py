@@ -11,6 +11,8 @@ stays a config and a few calls:
 - :func:`label_shares` — the share of a per-rollout statistic's total that each label
   (e.g. task) contributes (the pooled prior's H and R, SPEC §3.3);
 - :func:`mean_std` — mean and sample standard deviation over subsets;
+- :func:`paired_table` — the Markdown table of paired tests (``stats.paired_comparison``
+  results) that both paper scripts print;
 - :func:`compare_trees` — two JSON result trees equal up to a relative tolerance on reals
   (the ``--check`` of the paper scripts).
 
@@ -67,6 +69,28 @@ def mean_std(values: Sequence[float | None]) -> dict:
     x = np.array([v for v in values if v is not None], dtype=np.float64)
     return {"mean": float(x.mean()) if x.size else None,
             "std": float(x.std(ddof=1)) if x.size > 1 else None, "n": int(x.size)}
+
+
+#: the per-problem outcomes a paired test compares (:func:`per_problem`), as table columns
+PAIRED_COLUMNS = {"correct": "Δ correct", "token_flips": "Δ token flips/problem",
+                  "mismatched": "Δ mismatched/problem"}
+
+
+def paired_table(paired: dict, first: str) -> list[str]:
+    """Markdown rows (header first) of paired tests: per compared method, for each outcome
+    of :data:`PAIRED_COLUMNS` the mean difference [95% bootstrap CI] and the sign-test p.
+    ``paired``: method → outcome → ``paired_comparison(...).to_dict()``; ``first``: the
+    name of the first column (e.g. "baseline")."""
+    head = " | ".join(f"{c} | p" for c in PAIRED_COLUMNS.values())
+    lines = [f"| {first} | {head} |", "|---|" + "---|---|" * len(PAIRED_COLUMNS)]
+    for m, pc in paired.items():
+        cells = []
+        for k in PAIRED_COLUMNS:
+            d = pc[k]["mean_diff"]
+            cells += [f"{d['estimate']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}]",
+                      f"{pc[k]['sign_test_p']:.3g}"]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def compare_trees(new, old, rel: float = 1e-6, path: str = "") -> list[str]:
