@@ -5,7 +5,8 @@ toy semi-AR with block_length 4 — its shipped default —, the Dream toy as sh
 bit setting (W4A4, W4A8) and each of K disjoint calibration subsets (distinct *training*
 prompts, the same number per task; all methods calibrate on what one ``pipeline.prepare``
 call returns, so they see the same prompts and token count), the methods ``fair``,
-``fair-gptq``, ``masked-uniform``, ``flatquant``, ``quarot`` and ``rtn`` are calibrated
+``fair-gptq``, ``masked-uniform``, ``flatquant``, ``quarot`` (and ``rtn`` outside the full
+setting) are calibrated
 and evaluated with ``fairref.eval.run.evaluate`` on held-out problems (the held-out split:
 never a calibration prompt) against the FP teacher: frontier token and set flip rates
 (also by the teacher's margin), post-commit mismatch, accuracy and masked KL. The tables
@@ -21,20 +22,32 @@ Writes paper_repro/results/fair_vs_baselines{_tag}.md and .json, and the figures
 fair_vs_baselines{_tag}_margin_<regime>_<bits>.png (flip rate by teacher margin, per
 method) and fair_vs_baselines{_tag}_prior_<regime>.png (the subset-0 prior).
 
+The work is split into *pieces*, one per regime × bit setting × calibration subset, kept
+in paper_repro/results/fair_vs_baselines{_tag}_pieces/ (NAME.json with every number but
+the per-problem outcomes, NAME.npz with those, and the commit that computed it). Each
+piece is saved as soon as it is done, in ``--workers`` processes; rerunning the same
+command computes only the pieces that are not there (a piece made with other options is
+never reused), and the table holds only the (regime, bits) groups whose K subsets are all
+done, naming the missing pieces. ``--assemble`` writes the table from the pieces already
+done without running anything. Within one process every piece of a regime shares one
+teacher rollout on the held-out problems, and no model is run twice on one state
+(``fairref.eval.logit_cache``).
+
 Run: python paper_repro/fair_vs_baselines.py [--quick] [--subsets K] [--n-eval N]
      [--n-calib N] [--epochs E] [--bits 4,4 4,8] [--regimes ...] [--workers W]
-     [--tag NAME] [--check]
-The default (the issue's full setting: 5 subsets, 2000 held-out problems per task, 15
-epochs, W4A4 and W4A8, three regimes) takes many hours on a 2-core CPU and was not run.
-The committed reduced run (tag ``reduced``: ``--subsets 3 --n-calib 8 --n-eval 100
---epochs 3 --n-diag 16 --bits 4,4 --regimes llada_one_block dream_default --workers 2``)
-took 50 minutes wall on the shared 2-core machine (13 CPU-minutes for Dream, 21 for
-LLaDA, the rest waiting for the CPU); ``--quick`` takes a few CPU-minutes. Set PYTHONPATH
-to the repository root so that this checkout's ``fairref`` is the one imported.
-``--render`` rewrites the Markdown of ``--tag`` from its JSON. ``--check`` reruns the
-configuration stored in the committed JSON of ``--tag`` and compares (counts exactly,
-reals to a relative 1e-6, wall times left out), writing nothing: the flat solver's
-training is reproducible on one machine and thread count, not across CPUs.
+     [--tag NAME] [--assemble] [--check] [--render]
+With no options it runs the issue's full setting (5 subsets of 16 prompts per task, 2000
+held-out problems per task, 15 epochs, W4A4 and W4A8, three regimes, the methods fair,
+fair-gptq, masked-uniform, flatquant, quarot); on this 2-core CPU a Dream-toy piece takes
+about 20 CPU-minutes and a LLaDA-toy piece about 40, 30 pieces in all. The committed
+medium runs (tags ``medium_llada_semi_ar`` and ``medium_dream_default``: ``--subsets 5
+--n-calib 8 --n-eval 100 --epochs 3 --n-diag 16 --bits 4,4 4,8``, with rtn) each took
+about an hour. ``--quick`` takes a few CPU-minutes. Set PYTHONPATH to the repository root
+so that this checkout's ``fairref`` is the one imported. ``--render`` rewrites the
+Markdown of ``--tag`` from its JSON. ``--check`` reruns the configuration stored in the
+committed JSON of ``--tag`` (without the piece store) and compares (counts exactly, reals
+to a relative 1e-6, wall times left out), writing nothing: the flat solver's training is
+reproducible on one machine and thread count, not across CPUs.
 """
 
 from __future__ import annotations
@@ -43,7 +56,7 @@ import argparse
 import json
 import sys
 import tempfile
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +66,8 @@ from fairref.diffusion import SamplerSettings, load_generation_config
 from fairref.eval.compare import (compare_trees, label_shares, mean_std,
                                   paired_table, per_problem)
 from fairref.eval.metrics import MARGIN_EDGES
-from fairref.eval.run import evaluate
+from fairref.eval.logit_cache import LogitCache
+from fairref.eval.run import evaluate, teacher_eval_traces
 from fairref.eval.stats import paired_comparison
 from fairref.fair import FlatConfig, Prior, PriorConfig
 from fairref.fair.pipeline import calibrate, prepare
@@ -88,9 +102,12 @@ CONFIG = {  # the issue's full setting (module docstring)
     "eval_per_task": 2000, "eval_seed": 1,  # held-out split
     "diag_per_task": 32,  # training prompts after the subsets' (calibration data only)
     "diag_method": "fair-gptq",  # solver of the prior-variant diagnosis (fast)
+    # the issue's comparison; rtn (the floor) is left out of the full run to save a sixth
+    "methods": ["fair", "fair-gptq", "masked-uniform", "flatquant", "quarot"],
 }
 QUICK = {"regimes": ["llada_semi_ar", "dream_default"], "bits": [[4, 4]], "subsets": 2,
-         "calib_per_task": 4, "epochs": 1, "eval_per_task": 25, "diag_per_task": 8}
+         "calib_per_task": 4, "epochs": 1, "eval_per_task": 25, "diag_per_task": 8,
+         "methods": [FAIR] + BASELINES}
 
 
 def settings_of(regime: str) -> SamplerSettings:
@@ -176,46 +193,66 @@ def _unit(v):
     return v / v.mean() if v.mean() > 0 else torch.ones_like(v)
 
 
-def run_regime(regime: str, c: dict) -> tuple[dict, dict]:
-    """Every subset, bit setting and method of one regime: (results, priors to plot)."""
+#: per process: regime → (teacher, its LogitCache, settings, problems, prompt ids, teacher
+#: traces) — every piece of a regime that a worker runs shares one teacher rollout
+_REGIME_STATE: dict = {}
+
+
+def regime_state(regime: str, c: dict):
+    key = (regime, c["eval_per_task"], c["eval_seed"])
+    if key not in _REGIME_STATE:
+        teacher = load(checkpoint_dir(REGIMES[regime][0]))
+        settings = settings_of(regime)
+        problems = eval_problems(c)
+        ids = encode_prompts([p for _, p in problems])
+        cache = LogitCache(teacher, CACHE_BYTES)
+        traces = teacher_eval_traces(cache, ids, settings)
+        _REGIME_STATE.clear()  # one regime's teacher at a time (memory)
+        _REGIME_STATE[key] = (teacher, cache, settings, problems, ids, traces)
+    return _REGIME_STATE[key]
+
+
+#: logits each worker may keep per cache (teacher, current student): the full setting's
+#: 8000 LLaDA-toy problems need about 0.4 GB each
+CACHE_BYTES = 3 << 29
+
+
+def run_piece(regime: str, k: int, bits: list[int], c: dict) -> dict:
+    """One calibration subset ``k`` of one regime at one bit setting: every method
+    calibrated on the same ``pipeline.prepare`` data and evaluated on the held-out problems."""
     torch.set_num_threads(1)
-    toy = REGIMES[regime][0]
-    teacher = load(checkpoint_dir(toy))
-    settings = settings_of(regime)
+    teacher, cache, settings, problems, ids, traces = regime_state(regime, c)
     subsets, diag = calib_slices(c)
-    problems = eval_problems(c)
+    calib = subsets[k]
+    data = prepare(teacher, encode_prompts([p for _, p in calib]), settings,
+                   states_per_rollout=c["states_per_rollout"])
     flat = FlatConfig(epochs=c["epochs"])
-    out = {"toy": toy, "settings": vars(settings), "bits": {}}
-    priors = {}
-    for k, calib in enumerate(subsets):
-        data = prepare(teacher, encode_prompts([p for _, p in calib]), settings,
-                       states_per_rollout=c["states_per_rollout"])
-        if k == 0:
-            priors[regime] = data.prior
-        for bits in c["bits"]:
-            entry = out["bits"].setdefault(bits_name(bits), {"subsets": []})
-            students, seconds = {}, {}
-            for m in [FAIR] + BASELINES:
-                cal = calibrate(teacher, m, data, w_bits=bits[0], a_bits=bits[1], flat=flat,
-                                seed=k)
-                students[m], seconds[m] = cal.model, round(cal.seconds, 2)
-            res = run_eval(teacher, students, problems, settings)
-            rows = {name: model_row(r, problems) for name, r in res.models.items()}
-            for m in seconds:
-                rows[m]["calib_seconds"] = seconds[m]
-            outcomes = {m: {k2: v.tolist() for k2, v in per_problem(res.models[m]).items()}
-                        for m in students}
-            entry["subsets"].append({"stage1_seconds": round(data.seconds, 2),
-                                     "calib_tokens": int(data.masked.attention_mask.sum())
-                                     if data.masked.attention_mask is not None
-                                     else int(data.masked.ids.numel()),
-                                     "models": rows, "outcomes": outcomes})
-            if k == 0 and bits == c["bits"][0] and c["diag_per_task"] > 0:
-                out["diagnosis"] = diagnosis(teacher, settings, data, calib, diag, bits, c)
-            print(f"{regime} {bits_name(bits)} subset {k}: done", file=sys.stderr, flush=True)
-    for entry in out["bits"].values():
-        entry["aggregate"] = aggregate(entry["subsets"])
-    return out, priors
+    students, seconds = {}, {}
+    for m in [FAIR] + baselines(c):
+        cal = calibrate(teacher, m, data, w_bits=bits[0], a_bits=bits[1], flat=flat, seed=k)
+        students[m], seconds[m] = cal.model, round(cal.seconds, 2)
+    res = evaluate(teacher, students, ids, settings, problems=problems,
+                   decode=decode_completion,
+                   check=lambda pr, text: check(pr[0], pr[1], text), eos_token_id=EOS_ID,
+                   teacher_traces=traces, teacher_cache=cache, cache_bytes=CACHE_BYTES)
+    rows = {name: model_row(r, problems) for name, r in res.models.items()}
+    for m in seconds:
+        rows[m]["calib_seconds"] = seconds[m]
+    piece = {"regime": regime, "subset": k, "bits": bits,
+             "stage1_seconds": round(data.seconds, 2),
+             "calib_tokens": int(data.masked.attention_mask.sum())
+             if data.masked.attention_mask is not None else int(data.masked.ids.numel()),
+             "models": rows,
+             "outcomes": {m: per_problem(res.models[m]) for m in students}}
+    if k == 0:
+        piece["prior"] = data.prior.to_dict()
+        if bits == c["bits"][0] and c["diag_per_task"] > 0:
+            piece["diagnosis"] = diagnosis(teacher, settings, data, calib, diag, bits, c)
+    return piece
+
+
+def baselines(c: dict) -> list[str]:
+    return [m for m in c.get("methods", [FAIR] + BASELINES) if m != FAIR]
 
 
 METRICS = ("token_flip", "set_flip", "mismatch", "accuracy", "masked_kl")
@@ -236,20 +273,157 @@ def aggregate(subsets: list[dict]) -> dict:
 
     def avg(m, key):  # per-problem outcome averaged over subsets
         return np.mean([s["outcomes"][m][key] for s in subsets], 0)
-    for b in BASELINES:
+    for b in [m for m in names if m not in ("FP", FAIR)]:
         agg["paired"][b] = {key: paired_comparison(avg(FAIR, key), avg(b, key)).to_dict()
                             for key in ("correct", "token_flips", "mismatched")}
     return agg
 
 
-def run(c: dict, workers: int) -> tuple[dict, dict]:
-    results, priors = {"config": c, "regimes": {}}, {}
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        futures = {r: pool.submit(run_regime, r, c) for r in c["regimes"]}
-        for r, fut in futures.items():
-            results["regimes"][r], p = fut.result()
-            priors.update(p)
+# ------------------------------------------------------------------- the piece store
+#: config keys that do not change a piece (which pieces are run, not what one is)
+NOT_PIECE_KEYS = ("regimes", "bits")
+
+
+def piece_config(c: dict) -> dict:
+    return {k: v for k, v in c.items() if k not in NOT_PIECE_KEYS}
+
+
+def piece_name(regime: str, bits, k: int) -> str:
+    return f"{regime}_{bits_name(bits)}_s{k}"
+
+
+def store_dir(tag: str) -> Path:
+    return OUT / f"fair_vs_baselines{'_' + tag if tag else ''}_pieces"
+
+
+def save_piece(store: Path, piece: dict, c: dict) -> None:
+    """A piece as ``NAME.json`` (everything but the per-problem outcomes) and ``NAME.npz``
+    (the outcomes, integers), each written atomically; the JSON last, so a JSON on disk
+    always has its outcomes."""
+    store.mkdir(parents=True, exist_ok=True)
+    name = piece_name(piece["regime"], piece["bits"], piece["subset"])
+    arrays = {}
+    for m, outs in piece["outcomes"].items():
+        for key, v in outs.items():
+            v = np.asarray(v)
+            if not np.array_equal(v, np.round(v)):
+                raise ValueError(f"piece {name}: outcome {m}/{key} is not a count")
+            arrays[f"{m}/{key}"] = v.astype(np.int32)
+    meta = {k: v for k, v in piece.items() if k != "outcomes"}
+    meta["config"] = piece_config(c)
+    meta["source"] = source_version()
+
+    def write_npz(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **arrays)
+    _atomic(store / f"{name}.npz", write_npz)
+    _atomic(store / f"{name}.json", lambda tmp: tmp.write_text(json.dumps(meta, indent=1)))
+
+
+def load_piece(store: Path, regime: str, bits, k: int, c: dict) -> dict | None:
+    """The stored piece, or None when there is none or it was made with another config."""
+    name = piece_name(regime, bits, k)
+    meta_path, npz_path = store / f"{name}.json", store / f"{name}.npz"
+    if not meta_path.exists() or not npz_path.exists():
+        return None
+    meta = json.loads(meta_path.read_text())
+    if meta.get("config") != json.loads(json.dumps(piece_config(c))):
+        return None
+    with np.load(npz_path) as z:
+        outcomes: dict = {}
+        for key in z.files:
+            m, what = key.split("/")
+            outcomes.setdefault(m, {})[what] = z[key].astype(np.float64)
+    return dict(meta, outcomes=outcomes)
+
+
+def source_version() -> dict:
+    """The commit of this checkout and whether it had uncommitted changes (None outside
+    a git checkout)."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "fairref", "paper_repro"
+                                "/fair_vs_baselines.py"], cwd=ROOT, capture_output=True,
+                               text=True, check=True).stdout.strip() != ""
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": None, "dirty": None}
+    return {"commit": head, "dirty": dirty}
+
+
+def run(c: dict, workers: int, store: Path | None) -> tuple[dict, dict]:
+    """Every piece of ``c`` (regime × bits × subset), reusing those already in ``store``
+    (None: none reused, none kept); returns the assembled results and the subset-0 priors.
+    Pieces run in ``workers`` processes; each finished piece is saved at once, so an
+    interrupted run continues where it stopped."""
+    want = [(r, b, k) for r in c["regimes"] for b in c["bits"] for k in range(c["subsets"])]
+    have = {}
+    if store is not None:
+        for r, b, k in want:
+            piece = load_piece(store, r, b, k, c)
+            if piece is not None:
+                have[piece_name(r, b, k)] = piece
+    todo = [p for p in want if piece_name(*p) not in have]
+    print(f"{len(want) - len(todo)} of {len(want)} pieces already done"
+          + (f" in {store}" if store is not None else "") + f"; running {len(todo)}",
+          file=sys.stderr, flush=True)
+    if todo:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            futures = {pool.submit(run_piece, r, k, b, c): (r, b, k) for r, b, k in todo}
+            for fut in as_completed(futures):
+                piece = fut.result()
+                name = piece_name(*futures[fut])
+                if store is not None:
+                    save_piece(store, piece, c)
+                    piece = load_piece(store, *futures[fut], c)  # as stored: one code path
+                have[name] = piece
+                print(f"piece {name}: done ({len(have)} of {len(want)})", file=sys.stderr,
+                      flush=True)
+    return assemble(c, have)
+
+
+def assemble(c: dict, have: dict) -> tuple[dict, dict]:
+    """The results tree from the pieces: a (regime, bits) group is tabulated only when all
+    its subsets are there; the others are listed under ``missing``."""
+    results = {"config": c, "regimes": {}, "missing": [], "sources": []}
+    priors = {}
+    for r in c["regimes"]:
+        e = {"toy": REGIMES[r][0], "settings": vars(settings_of(r)), "bits": {}}
+        for b in c["bits"]:
+            names = [piece_name(r, b, k) for k in range(c["subsets"])]
+            absent = [n for n in names if n not in have]
+            if absent:
+                results["missing"] += absent
+                continue
+            subsets = []
+            for n in names:
+                p = have[n]
+                src = p.get("source")
+                if src is not None and src not in results["sources"]:
+                    results["sources"].append(src)
+                subsets.append({k: v for k, v in p.items()
+                                if k not in ("regime", "subset", "bits", "prior", "diagnosis",
+                                             "config", "source")})
+                if "prior" in p:
+                    priors[r] = Prior._from_dict(p["prior"], n)
+                if "diagnosis" in p:
+                    e["diagnosis"] = p["diagnosis"]
+            e["bits"][bits_name(b)] = {"subsets": subsets, "aggregate": aggregate(subsets)}
+        results["regimes"][r] = e
+    for e in results["regimes"].values():  # outcomes live in the pieces, not the table
+        for entry in e["bits"].values():
+            for s in entry["subsets"]:
+                s.pop("outcomes", None)
     return json.loads(json.dumps(results)), priors
+
+
+def is_reduced(c: dict) -> bool:
+    """Whether ``c`` is below the issue's full setting anywhere."""
+    return (c["subsets"] < CONFIG["subsets"] or c["eval_per_task"] < CONFIG["eval_per_task"]
+            or c["epochs"] < CONFIG["epochs"] or c["calib_per_task"] < CONFIG["calib_per_task"]
+            or any(b not in c["bits"] for b in CONFIG["bits"]))
 
 
 def fmt(d: dict, digits: int = 4) -> str:
@@ -272,7 +446,14 @@ def markdown(r: dict, tag: str) -> str:
     if missing:
         lines += [f"Not run in this setting (no time on the shared CPU): {', '.join(missing)}.",
                   ""]
-    if tag:
+    if r.get("missing"):
+        lines += [f"**Incomplete**: {len(r['missing'])} pieces (regime × bits × subset) are not "
+                  f"computed yet, so their groups are left out: {', '.join(r['missing'])}. "
+                  "Rerunning the same command computes only those.", ""]
+    for src in r.get("sources", []):
+        lines += [f"Pieces computed at commit `{src['commit']}`"
+                  + (" (with uncommitted changes)" if src.get("dirty") else "") + ".", ""]
+    if is_reduced(c):
         lines += ["**Reduced setting**: the issue's full setting (≥ 5 subsets, ≥ 2000 held-out "
                   "problems per task, 15 epochs, W4A4 and W4A8) did not fit on the shared "
                   "2-core machine; these numbers are the setting above. Differences below "
@@ -431,7 +612,11 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, help="flat solver epochs")
     ap.add_argument("--bits", nargs="+", help="W,A pairs, e.g. 4,4 4,8")
     ap.add_argument("--regimes", nargs="+", choices=list(REGIMES))
-    ap.add_argument("--workers", type=int, default=1, help="regimes run in parallel processes")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="pieces (regime × bits × subset) run in parallel processes")
+    ap.add_argument("--assemble", action="store_true",
+                    help="write the table from the pieces already computed for --tag and "
+                         "these options (complete groups only); run nothing")
     ap.add_argument("--tag", default="", help="results name suffix, e.g. reduced")
     args = ap.parse_args(argv)
     tag = args.tag
@@ -442,8 +627,9 @@ def main(argv=None) -> int:
             raise FileNotFoundError(f"{path}: no committed results to check; run without "
                                     "--check first, or pass the --tag of a committed run")
         committed = json.loads(path.read_text())
-        results, _ = run(committed["config"], args.workers)
-        diffs = compare_trees(strip_seconds(results), strip_seconds(committed))
+        results, _ = run(committed["config"], args.workers, None)
+        diffs = compare_trees(strip_seconds(results["regimes"]),
+                              strip_seconds(committed["regimes"]))
         for d in diffs[:20]:
             print(d)
         print("check:", "OK" if not diffs else f"{len(diffs)} differences")
@@ -469,7 +655,23 @@ def main(argv=None) -> int:
     for key in ("subsets", "eval_per_task", "calib_per_task", "epochs"):
         if c[key] < 1:
             raise ValueError(f"--{key.replace('_', '-')} must be >= 1, got {c[key]}")
-    results, priors = run(c, args.workers)
+    if args.workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {args.workers}")
+    store = store_dir(tag)
+    if args.assemble:
+        have = {}
+        for r in c["regimes"]:
+            for b in c["bits"]:
+                for k in range(c["subsets"]):
+                    piece = load_piece(store, r, b, k, c)
+                    if piece is not None:
+                        have[piece_name(r, b, k)] = piece
+        if not have:
+            raise ValueError(f"{store}: no pieces computed with this configuration; run "
+                             "without --assemble first")
+        results, priors = assemble(c, have)
+    else:
+        results, priors = run(c, args.workers, store)
     OUT.mkdir(parents=True, exist_ok=True)
     figures(results, priors, tag)
     text = markdown(results, tag)
@@ -480,10 +682,11 @@ def main(argv=None) -> int:
 
 
 def strip_seconds(tree):
-    """The result tree without wall times (they differ on every run)."""
+    """The result tree without wall times (they differ on every run) and without the
+    per-problem outcomes (older tables kept them in the JSON, newer ones in the pieces)."""
     if isinstance(tree, dict):
         return {k: strip_seconds(v) for k, v in tree.items()
-                if "seconds" not in k}
+                if "seconds" not in k and k != "outcomes"}
     if isinstance(tree, list):
         return [strip_seconds(v) for v in tree]
     return tree

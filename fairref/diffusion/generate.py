@@ -86,9 +86,14 @@ HF_DESCRIPTIVE_KEYS = frozenset({"_from_model_config", "transformers_version", "
 
 
 def sampler_family(model) -> str:
-    """``"dream"`` for a Dream model (its public loop), ``"llada"`` for everything else."""
+    """``"dream"`` for a Dream model (its public loop), ``"llada"`` for everything else.
+
+    A wrapper that sets ``__wrapped__`` (e.g. :class:`fairref.eval.logit_cache.LogitCache`)
+    is judged by the model it wraps."""
     from fairref.models.dream import DreamModel
 
+    while getattr(model, "__wrapped__", None) is not None:
+        model = model.__wrapped__
     return "dream" if isinstance(model, DreamModel) else "llada"
 
 

@@ -37,6 +37,7 @@ from fairref.eval.metrics import (
     post_commit_mismatch,
     teacher_forced_metrics,
 )
+from fairref.eval.logit_cache import DEFAULT_MAX_BYTES, LogitCache
 from fairref.eval.stability import StabilityLag, stability_lag
 from fairref.progress import progress_bar
 
@@ -126,7 +127,9 @@ def evaluate(teacher, students: dict, prompt_ids: Tensor, settings: SamplerSetti
              check: Callable[[object, str], bool] | None = None,
              eos_token_id: int | None = None, lag_problems: int = 0, chunk: int = 256,
              batch_size: int = 64, seed: int = 0,
-             teacher_traces: Sequence[Trace] | None = None) -> EvalResult:
+             teacher_traces: Sequence[Trace] | None = None,
+             reuse_logits: bool = True, teacher_cache: LogitCache | None = None,
+             cache_bytes: int = DEFAULT_MAX_BYTES) -> EvalResult:
     """Evaluate ``students`` (name → quantized model) against ``teacher`` (module docstring).
 
     ``prompt_ids`` (N, P) held-out prompts (never calibration prompts); with ``problems``,
@@ -138,7 +141,21 @@ def evaluate(teacher, students: dict, prompt_ids: Tensor, settings: SamplerSetti
     prompts, settings, ``chunk`` and ``seed`` (:func:`teacher_eval_traces`), so that
     students evaluated one at a time share them; every student's result is then the same as in one
     call with all students (each student's rollouts draw from their own generator).
+
+    ``reuse_logits`` (default): no model is run twice on one state
+    (:mod:`fairref.eval.logit_cache`): the teacher's rollout logits serve every
+    teacher-forced pass, and a student's rollout reuses its teacher-forced logits on the
+    steps where its state is still the teacher's. Each cache holds at most ``cache_bytes``.
+    ``teacher_cache``: a :class:`LogitCache` of ``teacher`` kept by the caller, so that
+    calls on the same prompts (other students, other calibrations) share the teacher's
+    logits too. ``reuse_logits=False`` runs every forward pass plainly.
     """
+    if teacher_cache is not None and teacher_cache.__wrapped__ is not teacher:
+        raise ValueError("teacher_cache wraps another model than teacher; make it with "
+                         "LogitCache(teacher)")
+    if reuse_logits:
+        teacher = teacher_cache if teacher_cache is not None else LogitCache(teacher,
+                                                                             cache_bytes)
     if problems is not None and (decode is None or check is None):
         raise ValueError("problems needs decode and check to score completions")
     if problems is not None and len(problems) != prompt_ids.shape[0]:
@@ -162,6 +179,8 @@ def evaluate(teacher, students: dict, prompt_ids: Tensor, settings: SamplerSetti
     result.models["FP"] = fp
     for name, student in students.items():
         t0 = time.perf_counter()
+        if reuse_logits:
+            student = LogitCache(student, cache_bytes)
         r = ModelResult()
         r.teacher_forced = teacher_forced_metrics(teacher, student, t_traces, batch_size)
         s_traces = _rollouts(student, prompt_ids, attention_mask, settings, chunk, seed, name)
