@@ -311,3 +311,15 @@ def test_flat_settings_are_checked():
     with pytest.raises(ValueError, match="symmetric per-token a_spec"):
         FlatCalibration(model.blocks[0], model.linear_groups(), None, X, X, None, None, W4,
                         QuantSpec(bits=4, granularity="tensor"))
+
+
+def test_a_bf16_block_is_refused_with_the_fix_and_left_untouched():
+    model = _model("llada").to(torch.bfloat16)
+    before = {k: v.clone() for k, v in model.blocks[0].state_dict().items()}
+    X = torch.zeros(2, 3, 32, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="flat solver trains float32 blocks; this block "
+                                         "holds bfloat16 weights: load the model in float32"):
+        FlatCalibration(model.blocks[0], model.linear_groups(), None, X, X, None, None, W4, A4)
+    after = model.blocks[0].state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert not any(isinstance(m, QuantLinear) for m in model.blocks[0].modules())

@@ -311,6 +311,12 @@ class FlatCalibration:
         if a_spec is not None and (not a_spec.symmetric or a_spec.granularity != "token"):
             raise ValueError(f"the flat solver needs a symmetric per-token a_spec (or None), got "
                              f"symmetric={a_spec.symmetric}, granularity={a_spec.granularity!r}")
+        odd = sorted({str(p.dtype).replace("torch.", "") for p in block.parameters()
+                      if p.is_floating_point() and p.dtype != torch.float32})
+        if odd:
+            raise ValueError(f"the flat solver trains float32 blocks; this block holds "
+                             f"{', '.join(odd)} weights: load the model in float32 (the "
+                             "CLI's default) or use a GPTQ or RTN method")
         self.block, self.groups, self.run = block, [list(g) for g in groups], run
         self.X, self.Y, self.mask = X.to(torch.float32), Y.to(torch.float32), attention_mask
         self.w = None if w is None else w.to(torch.float64)  # (B, L) raw weights
