@@ -155,26 +155,31 @@ def model_row(res, problems) -> dict:
     return row
 
 
+def variant_prior(teacher, settings, data, calib, name: str) -> tuple[Prior, float]:
+    """The prior of diagnosis variant ``name`` (``VARIANTS``) on the calibration prompts
+    ``calib`` (what ``data`` was prepared from), and the ``pick`` task's share of its H."""
+    labels = [calib[int(i)][0] for i in data.probe.prompt_index]
+    if name == "task-balanced":
+        probe, lab = data.probe, np.asarray(labels)
+        H = sum(_unit(probe.h[torch.from_numpy(lab == t)].mean(0)) for t in TASKS) / len(TASKS)
+        R = sum(_unit(1 - probe.rho[torch.from_numpy(lab == t)].mean(0))
+                for t in TASKS) / len(TASKS)
+        prior = Prior.from_stats(H, R, PriorConfig(), settings=settings,
+                                 prompt_count=len(calib))
+        return prior, 1 / len(TASKS)  # each task's H term has mean 1 by construction
+    ids = encode_prompts([p for _, p in calib])
+    prior, probe = estimate_prior(teacher, ids, settings, PriorConfig(**VARIANTS[name]))
+    return prior, label_shares(probe.h, labels)["pick"]
+
+
 def diagnosis(teacher, settings, data, calib, diag, bits, c) -> dict:
     """Task shares of the pooled prior and prior variants judged on the diagnosis slice."""
-    ids = encode_prompts([p for _, p in calib])
     labels = [calib[int(i)][0] for i in data.probe.prompt_index]
     out = {"shares": {"H": label_shares(data.probe.h, labels),
                       "R": label_shares(1 - data.probe.rho, labels)}, "variants": {}}
     students = {}
-    for name, over in VARIANTS.items():
-        if name == "task-balanced":
-            probe = data.probe
-            lab = np.asarray(labels)
-            H = sum(_unit(probe.h[torch.from_numpy(lab == t)].mean(0)) for t in TASKS) / len(TASKS)
-            R = sum(_unit(1 - probe.rho[torch.from_numpy(lab == t)].mean(0))
-                    for t in TASKS) / len(TASKS)
-            prior = Prior.from_stats(H, R, PriorConfig(), settings=settings,
-                                     prompt_count=len(calib))
-            pick_share = 1 / len(TASKS)  # each task's H term has mean 1 by construction
-        else:
-            prior, probe = estimate_prior(teacher, ids, settings, PriorConfig(**over))
-            pick_share = label_shares(probe.h, labels)["pick"]
+    for name in VARIANTS:
+        prior, pick_share = variant_prior(teacher, settings, data, calib, name)
         out["variants"][name] = {"pick_H_share": pick_share,
                                  "pi": prior.pi.tolist()}
         students[name] = calibrate(teacher, c["diag_method"], data, prior=prior,
