@@ -432,7 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> ReproConfig:
-    from fairref.cli import _device
+    from fairref.cli.common import _device
 
     _device(args.device)  # cuda without CUDA: one clear error before any work
     sampler = {k: getattr(args, k) for k in SAMPLER_FLAGS if getattr(args, k) is not None}

@@ -1,4 +1,4 @@
-"""`fairref probe | calibrate | eval` as a user runs them (SPEC §3–§5, §7, §8; fairref/cli.py).
+"""`fairref probe | calibrate | eval` as a user runs them (SPEC §3–§5, §7, §8; fairref/cli/).
 
 The commands are thin shells over the library: each test checks what the command wrote
 against the library call it stands for, or the property the SPEC states (an interrupted
