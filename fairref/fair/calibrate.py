@@ -18,10 +18,10 @@ methods and ablations are exact.
 Solver (b), ``clip_search=True`` with "rtn" or "gptq": per group, the activation clip
 ratio minimizing L_ℓ with the group's weights RTN-quantized (later groups still full
 precision), then per output channel the weight clip minimizing the weighted output error;
-the solver then uses those clips (``fairref.fair.solvers``).
+the solver then uses those clips (``fairref.fair.clip_search``).
 
 Solver (d), ``solver="flat"``: the block's four sites are trained jointly by
-``fairref.fair.solvers.flat_block`` on X^ℓ (or, with ``flat.fp_inputs``, on the teacher's
+``fairref.fair.flat.flat_block`` on X^ℓ (or, with ``flat.fp_inputs``, on the teacher's
 input to block ℓ) and exported in place; X^{ℓ+1} is then produced by the *exported* block.
 
 Where blocks come from: a *block source* (``fairref.models.blocks``). In memory, every
@@ -50,7 +50,8 @@ from typing import Callable, Literal, Sequence
 import torch
 from torch import Tensor, nn
 
-from fairref.fair.solvers import FlatConfig, flat_block, search_act_clip, search_weight_clip
+from fairref.fair.clip_search import search_act_clip, search_weight_clip
+from fairref.fair.flat import FlatConfig, flat_block
 from fairref.models.blocks import InMemoryBlocks
 from fairref.quant.gptq import gptq_quantize
 from fairref.quant.grid import QuantSpec, fake_quantize, quantize

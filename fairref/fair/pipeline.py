@@ -31,7 +31,7 @@ from fairref.fair.calibrate import CalibConfig, CalibReport, quantize_model
 from fairref.fair.methods import Method, get_method
 from fairref.fair.prior import Prior, PriorConfig, estimate_prior, token_weights
 from fairref.fair.probe import ProbeResult
-from fairref.fair.solvers import FlatConfig
+from fairref.fair.flat import FlatConfig
 from fairref.fair.states import CalibStates, plain_inputs, teacher_states
 from fairref.models.blocks import StreamingBlocks
 from fairref.quant.grid import QuantSpec
