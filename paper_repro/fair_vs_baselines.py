@@ -578,6 +578,7 @@ def figures(r: dict, priors: dict, tag: str) -> None:
             ax.set_xticks(x, [f"[{lo},{hi})" for lo, hi in
                               zip(MARGIN_EDGES[:-1], MARGIN_EDGES[1:])])
             ax.set_yscale("symlog", linthresh=1e-3)
+            ax.set_ylim(bottom=0)  # rates: no negative half of the symlog axis
             ax.set_xlabel("teacher probability margin g")
             ax.set_ylabel("frontier token flip rate")
             ax.set_title(f"{regime}, {bname.upper()} (held-out)", fontsize=9)
