@@ -74,23 +74,17 @@ class LogitCache:
             z = self.__wrapped__.logits(x, attention_mask=attention_mask)
             self._store(keys, range(len(keys)), z)
             return z
-        z_miss = None
-        if miss:
-            idx = torch.tensor(miss, device=x.device)
-            am = None if attention_mask is None else attention_mask[idx]
-            z_miss = self.__wrapped__.logits(x[idx], attention_mask=am)  # (m, L, V)
-            self._store([keys[i] for i in miss], range(len(miss)), z_miss)
-        first = self._rows.get(keys[0])
-        like = first if first is not None else z_miss[0]
+        idx = torch.tensor(miss, dtype=torch.long, device=x.device)
+        am = None if attention_mask is None else attention_mask[idx]
+        z_miss = self.__wrapped__.logits(x[idx], attention_mask=am) if miss else None
+        hit = [i for i in range(len(keys)) if keys[i] in self._rows]  # before storing misses
+        like = self._rows[keys[hit[0]]]
         out = torch.empty((len(keys),) + tuple(like.shape), dtype=like.dtype, device=x.device)
-        j = 0
-        for i, k in enumerate(keys):
-            row = self._rows.get(k)
-            if row is None or (z_miss is not None and j < len(miss) and miss[j] == i):
-                out[i] = z_miss[j]
-                j += 1
-            else:
-                out[i] = row
+        for i in hit:
+            out[i] = self._rows[keys[i]]
+        if miss:
+            out[idx] = z_miss
+            self._store([keys[i] for i in miss], range(len(miss)), z_miss)
         return out
 
     def _store(self, keys: list[bytes], rows, z: Tensor) -> None:
