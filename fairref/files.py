@@ -3,10 +3,11 @@
 Every file a user hands to fairref (config.json, an index, generation_config.json, a
 vectors file) is read with :func:`read_json`, which turns every way the read can fail
 into one ``ValueError`` / ``FileNotFoundError`` whose message names the file and says
-what to do. Everything fairref writes goes through :func:`write_text_atomic` (one file)
-or :func:`atomic_directory` (a directory): the content is written under a hidden
-temporary name beside the target and renamed into place only when complete, so a failure
-(an exception, a full disk, Ctrl-C) leaves the target as it was and no temporary behind.
+what to do. Everything fairref writes goes through :func:`write_text_atomic` or
+:func:`write_atomic` (one file) or :func:`atomic_directory` (a directory): the content
+is written under a hidden temporary name beside the target and renamed into place only
+when complete, so a failure (an exception, a full disk, Ctrl-C) leaves the target as it
+was and no temporary behind.
 
 Permissions are the ordinary ones: files 0o666 and directories 0o777, filtered by the
 process umask, like ``open`` and ``mkdir`` — unlike ``tempfile.mkstemp`` / ``mkdtemp`` or
@@ -22,7 +23,7 @@ import shutil
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 
 def read_json(path: str | Path, what: str = "file") -> Any:
@@ -82,6 +83,18 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
 
     An existing file is replaced; an existing *directory* is an error (``ValueError``),
     never touched. A missing parent folder is created."""
+    return write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def write_atomic(path: str | Path, write: Callable[[Path], object]) -> Path:
+    """Call ``write(tmp)`` on a fresh temporary file beside ``path``, then rename it to
+    ``path``; returns ``path``. ``write`` may open ``tmp`` and write it from the start in
+    any way (``np.savez`` on an open handle; ``fig.savefig(tmp, format="png")``: the
+    temporary name does not end in the target's suffix). If it raises, nothing is left
+    behind and ``path`` is as it was.
+
+    The rules of :func:`write_text_atomic` apply: an existing file is replaced, a
+    directory at ``path`` is a ``ValueError``, a missing parent folder is created."""
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"cannot write {path}: it is a directory; give a file name "
@@ -89,10 +102,10 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     _make_parent(path)
     tmp = _temp_name(path, "tmp")
     try:
-        # O_EXCL: never write through someone else's file; 0o666 & ~umask, like open()
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        # O_EXCL: never write through someone else's file; 0o666 & ~umask, like open().
+        # The file exists before ``write`` runs, so a writer that reopens it keeps the mode.
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

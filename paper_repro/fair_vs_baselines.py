@@ -57,7 +57,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
@@ -69,11 +68,13 @@ from fairref.eval.compare import (compare_trees, label_shares, mean_std,
                                   paired_table, per_problem)
 from fairref.eval.metrics import MARGIN_EDGES
 from fairref.eval.logit_cache import LogitCache
+from fairref.eval.pieces import PieceStore
 from fairref.eval.run import evaluate, teacher_eval_traces
 from fairref.eval.stats import paired_comparison
 from fairref.fair import FlatConfig, Prior, PriorConfig
 from fairref.fair.pipeline import calibrate, prepare
 from fairref.fair.prior import estimate_prior
+from fairref.files import write_atomic, write_text_atomic
 from fairref.models import load
 from fairref.toy import checkpoint_dir
 from fairref.toy.char_tokenizer import EOS_ID, decode_completion, encode_prompts
@@ -291,90 +292,31 @@ def aggregate(subsets: list[dict]) -> dict:
 NOT_PIECE_KEYS = ("regimes", "bits")
 
 
-def piece_config(c: dict) -> dict:
-    return {k: v for k, v in c.items() if k not in NOT_PIECE_KEYS}
-
-
 def piece_name(regime: str, bits, k: int) -> str:
     return f"{regime}_{bits_name(bits)}_s{k}"
 
 
-def store_dir(tag: str) -> Path:
-    return OUT / f"fair_vs_baselines{'_' + tag if tag else ''}_pieces"
+def piece_store(tag: str, c: dict) -> PieceStore:
+    """The pieces of ``--tag`` valid for ``c`` (``fairref.eval.pieces``)."""
+    return PieceStore(OUT / f"fair_vs_baselines{'_' + tag if tag else ''}_pieces",
+                      {k: v for k, v in c.items() if k not in NOT_PIECE_KEYS}, repo=ROOT,
+                      source_paths=["fairref", "paper_repro/fair_vs_baselines.py"])
 
 
-def save_piece(store: Path, piece: dict, c: dict) -> None:
-    """A piece as ``NAME.json`` (everything but the per-problem outcomes) and ``NAME.npz``
-    (the outcomes, integers), each written atomically; the JSON last, so a JSON on disk
-    always has its outcomes."""
-    store.mkdir(parents=True, exist_ok=True)
-    name = piece_name(piece["regime"], piece["bits"], piece["subset"])
-    arrays = {}
-    for m, outs in piece["outcomes"].items():
-        for key, v in outs.items():
-            v = np.asarray(v)
-            if not np.array_equal(v, np.round(v)):
-                raise ValueError(f"piece {name}: outcome {m}/{key} is not a count")
-            arrays[f"{m}/{key}"] = v.astype(np.int32)
-    meta = {k: v for k, v in piece.items() if k != "outcomes"}
-    meta["config"] = piece_config(c)
-    meta["source"] = source_version()
-
-    def write_npz(tmp: Path) -> None:
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, **arrays)
-    _atomic(store / f"{name}.npz", write_npz)
-    _atomic(store / f"{name}.json", lambda tmp: tmp.write_text(json.dumps(meta, indent=1)))
+def all_pieces(c: dict) -> list[tuple[str, list[int], int]]:
+    return [(r, b, k) for r in c["regimes"] for b in c["bits"] for k in range(c["subsets"])]
 
 
-def load_piece(store: Path, regime: str, bits, k: int, c: dict) -> dict | None:
-    """The stored piece, or None when there is none or it was made with another config."""
-    name = piece_name(regime, bits, k)
-    meta_path, npz_path = store / f"{name}.json", store / f"{name}.npz"
-    if not meta_path.exists() or not npz_path.exists():
-        return None
-    meta = json.loads(meta_path.read_text())
-    if meta.get("config") != json.loads(json.dumps(piece_config(c))):
-        return None
-    with np.load(npz_path) as z:
-        outcomes: dict = {}
-        for key in z.files:
-            m, what = key.split("/")
-            outcomes.setdefault(m, {})[what] = z[key].astype(np.float64)
-    return dict(meta, outcomes=outcomes)
-
-
-def source_version() -> dict:
-    """The commit of this checkout and whether it had uncommitted changes (None outside
-    a git checkout)."""
-    import subprocess
-
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "fairref", "paper_repro"
-                                "/fair_vs_baselines.py"], cwd=ROOT, capture_output=True,
-                               text=True, check=True).stdout.strip() != ""
-    except (OSError, subprocess.CalledProcessError):
-        return {"commit": None, "dirty": None}
-    return {"commit": head, "dirty": dirty}
-
-
-def run(c: dict, workers: int, store: Path | None) -> tuple[dict, dict]:
+def run(c: dict, workers: int, store: PieceStore | None) -> tuple[dict, dict]:
     """Every piece of ``c`` (regime × bits × subset), reusing those already in ``store``
     (None: none reused, none kept); returns the assembled results and the subset-0 priors.
     Pieces run in ``workers`` processes; each finished piece is saved at once, so an
     interrupted run continues where it stopped."""
-    want = [(r, b, k) for r in c["regimes"] for b in c["bits"] for k in range(c["subsets"])]
-    have = {}
-    if store is not None:
-        for r, b, k in want:
-            piece = load_piece(store, r, b, k, c)
-            if piece is not None:
-                have[piece_name(r, b, k)] = piece
+    want = all_pieces(c)
+    have = {} if store is None else store.load_all([piece_name(*p) for p in want])
     todo = [p for p in want if piece_name(*p) not in have]
     print(f"{len(want) - len(todo)} of {len(want)} pieces already done"
-          + (f" in {store}" if store is not None else "") + f"; running {len(todo)}",
+          + (f" in {store.folder}" if store is not None else "") + f"; running {len(todo)}",
           file=sys.stderr, flush=True)
     if todo:
         with ProcessPoolExecutor(max_workers=workers) as pool:
@@ -383,8 +325,8 @@ def run(c: dict, workers: int, store: Path | None) -> tuple[dict, dict]:
                 piece = fut.result()
                 name = piece_name(*futures[fut])
                 if store is not None:
-                    save_piece(store, piece, c)
-                    piece = load_piece(store, *futures[fut], c)  # as stored: one code path
+                    store.save(name, piece)
+                    piece = store.load(name)  # as stored: one code path
                 have[name] = piece
                 print(f"piece {name}: done ({len(have)} of {len(want)})", file=sys.stderr,
                       flush=True)
@@ -586,22 +528,12 @@ def figures(r: dict, priors: dict, tag: str) -> None:
             ax.set_title(f"{regime}, {bname.upper()} (held-out)", fontsize=9)
             ax.legend(fontsize=7)
             fig.tight_layout()
-            _atomic(OUT / f"{base}_margin_{regime}_{bname}.png",
+            write_atomic(OUT / f"{base}_margin_{regime}_{bname}.png",
                     lambda tmp: fig.savefig(tmp, format="png"))
             plt.close(fig)
     for regime, prior in priors.items():
         prior.plot(OUT / f"{base}_prior_{regime}.png",
                    title=f"Stage I prior, {regime}, subset 0 ({prior.prompt_count} prompts)")
-
-
-def _atomic(path: Path, write) -> None:
-    with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, suffix=".tmp") as fh:
-        tmp = Path(fh.name)
-    try:
-        write(tmp)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def main(argv=None) -> int:
@@ -647,7 +579,7 @@ def main(argv=None) -> int:
         if not path.exists():
             raise FileNotFoundError(f"{path}: no results to render; run without --render")
         text = markdown(json.loads(path.read_text()), tag)
-        _atomic(OUT / f"{name}.md", lambda tmp: tmp.write_text(text + "\n"))
+        write_text_atomic(OUT / f"{name}.md", text + "\n")
         print(text)
         return 0
     c = dict(CONFIG, **(QUICK if args.quick else {}))
@@ -656,27 +588,16 @@ def main(argv=None) -> int:
         if getattr(args, key) is not None:
             c[key] = getattr(args, key)
     if args.bits:
-        try:
-            c["bits"] = [[int(v) for v in b.split(",")] for b in args.bits]
-        except ValueError:
-            raise ValueError(f"--bits: expected W,A pairs like 4,4; got {args.bits}") from None
-    for key in ("subsets", "eval_per_task", "calib_per_task", "epochs"):
-        if c[key] < 1:
-            raise ValueError(f"--{key.replace('_', '-')} must be >= 1, got {c[key]}")
-    if args.workers < 1:
-        raise ValueError(f"--workers must be >= 1, got {args.workers}")
-    store = store_dir(tag)
+        c["bits"] = [parse_bits(b) for b in args.bits]
+    check_counts({"--subsets": c["subsets"], "--n-eval": c["eval_per_task"],
+                  "--n-calib": c["calib_per_task"], "--epochs": c["epochs"],
+                  "--workers": args.workers})
+    store = piece_store(tag, c)
     if args.assemble:
-        have = {}
-        for r in c["regimes"]:
-            for b in c["bits"]:
-                for k in range(c["subsets"]):
-                    piece = load_piece(store, r, b, k, c)
-                    if piece is not None:
-                        have[piece_name(r, b, k)] = piece
+        have = store.load_all([piece_name(*p) for p in all_pieces(c)])
         if not have:
-            raise ValueError(f"{store}: no pieces computed with this configuration; run "
-                             "without --assemble first")
+            raise ValueError(f"{store.folder}: no pieces computed with this configuration; "
+                             "run without --assemble first")
         results, priors = assemble(c, have)
     else:
         results, priors = run(c, args.workers, store)
@@ -684,9 +605,26 @@ def main(argv=None) -> int:
     figures(results, priors, tag)
     text = markdown(results, tag)
     for suffix, body in (("json", json.dumps(results, indent=1)), ("md", text)):
-        _atomic(OUT / f"{name}.{suffix}", lambda tmp: tmp.write_text(body + "\n"))
+        write_text_atomic(OUT / f"{name}.{suffix}", body + "\n")
     print(text)
     return 0
+
+
+def parse_bits(text: str) -> list[int]:
+    """[W, A] from an option value like "4,4"."""
+    try:
+        w, a = (int(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"--bits: expected W,A pairs like 4,4; got {text!r}") from None
+    return [w, a]
+
+
+def check_counts(counts: dict) -> None:
+    """Every count in ``counts`` ({option: value}) at least 1, else a ValueError naming
+    the option."""
+    for flag, v in counts.items():
+        if v < 1:
+            raise ValueError(f"{flag} must be >= 1, got {v}")
 
 
 def strip_seconds(tree):

@@ -39,6 +39,7 @@ from fairref.eval.compare import mean_std, paired_table, per_problem
 from fairref.eval.stats import paired_comparison
 from fairref.fair import FlatConfig
 from fairref.fair.pipeline import calibrate, prepare
+from fairref.files import write_text_atomic
 from fairref.models import load
 from fairref.toy import checkpoint_dir
 from fairref.toy.char_tokenizer import encode_prompts
@@ -157,21 +158,16 @@ def main(argv=None) -> int:
         if getattr(args, key) is not None:
             c[key] = getattr(args, key)
     if args.bits:
-        try:
-            c["bits"] = [int(v) for v in args.bits.split(",")]
-        except ValueError:
-            raise ValueError(f"--bits: expected W,A like 4,4; got {args.bits}") from None
-    for key in ("subsets", "calib_per_task", "judge_per_task", "epochs"):
-        if c[key] < 1:
-            raise ValueError(f"--{key} must be >= 1, got {c[key]}")
-    if args.workers < 1:
-        raise ValueError(f"--workers must be >= 1, got {args.workers}")
+        c["bits"] = fvb.parse_bits(args.bits)
+    fvb.check_counts({"--subsets": c["subsets"], "--n-calib": c["calib_per_task"],
+                      "--n-judge": c["judge_per_task"], "--epochs": c["epochs"],
+                      "--workers": args.workers})
     r = run(c, args.workers)
     text = markdown(r)
     name = f"prior_diagnosis{'_' + args.tag if args.tag else ''}"
     OUT.mkdir(parents=True, exist_ok=True)
     for suffix, body in (("json", json.dumps(r, indent=1)), ("md", text)):
-        fvb._atomic(OUT / f"{name}.{suffix}", lambda tmp: tmp.write_text(body + "\n"))
+        write_text_atomic(OUT / f"{name}.{suffix}", body + "\n")
     print(text)
     return 0
 

@@ -28,13 +28,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
 
 from fairref.diffusion import SamplerSettings, load_generation_config
 from fairref.eval.compare import compare_trees
+from fairref.files import write_text_atomic
 from fairref.fair.prior import PriorConfig, estimate_prior
 from fairref.models import load
 from fairref.toy import checkpoint_dir
@@ -185,9 +185,7 @@ def main(argv=None) -> int:
         prior.plot(OUT / f"sampler_regime_{name}.png",
                    title=f"Stage I prior, {name} ({prior.prompt_count} training prompts)")
     for suffix, text in (("json", json.dumps(results, indent=1)), ("md", markdown(results))):
-        with tempfile.NamedTemporaryFile("w", dir=OUT, delete=False, suffix=".tmp") as fh:
-            fh.write(text + "\n")
-        Path(fh.name).replace(OUT / f"sampler_regime.{suffix}")
+        write_text_atomic(OUT / f"sampler_regime.{suffix}", text + "\n")
     print(markdown(results))
     return 0
 

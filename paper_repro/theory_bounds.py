@@ -56,7 +56,6 @@ import json
 import math
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -68,6 +67,7 @@ ROOT = Path(__file__).resolve().parents[1]
 from fairref.bounds_check import block_errors_on_trace, bounds_on_trace
 from fairref.diffusion import SamplerSettings, generate
 from fairref.fair import CalibConfig, quantize_model, state_steps
+from fairref.files import write_atomic, write_text_atomic
 from fairref.models import load
 from fairref.toy.char_tokenizer import encode_prompts
 from fairref.toy.tasks import TASKS, make_problems
@@ -413,7 +413,7 @@ def figure(points: dict, path: Path) -> None:
     fig.suptitle("How tight the SPEC §6 bounds are on the toy LLaDA and Dream models "
                  "at W4A4 (Hadamard rotation), per masked slot", fontsize=11)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, format="png")
 
 
 def environment(runtime_s: float) -> dict:
@@ -473,18 +473,6 @@ def run(models_dir: Path) -> tuple[dict, dict, dict]:
     return results, points, block_losses
 
 
-def _write_atomic(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename: never half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="8 problems per task (smoke test)")
@@ -519,11 +507,9 @@ def main(argv=None) -> int:
         return 1 if diffs else 0
     payload["environment"] = env
     args.out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(args.out / "theory_bounds.md",
-                  lambda p: p.write_text(table(results, ranking, block_losses, env)))
-    _write_atomic(args.out / "theory_bounds.json",
-                  lambda p: p.write_text(json.dumps(payload, indent=2)))
-    _write_atomic(args.out / "theory_bounds.png", lambda p: figure(points, p))
+    write_text_atomic(args.out / "theory_bounds.md", table(results, ranking, block_losses, env))
+    write_text_atomic(args.out / "theory_bounds.json", json.dumps(payload, indent=2))
+    write_atomic(args.out / "theory_bounds.png", lambda p: figure(points, p))
     print(f"wrote {args.out / 'theory_bounds.md'}, .json and .png in {env['runtime_s']:.0f}s")
     return 0
 

@@ -293,10 +293,11 @@ def test_golden_out_failing_midway_leaves_no_temporary(tmp_path, capsys, monkeyp
     out = tmp_path / "v.json"
     out.write_text("old")
 
-    def full_disk(*a, **k):
+    def full_disk(self, text, **k):  # half the text reaches the disk, then it is full
+        open(self, "w").write(text[: len(text) // 2])
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("os.fdopen", full_disk)
+    monkeypatch.setattr("pathlib.Path.write_text", full_disk)
     monkeypatch.setattr(golden_cases, "build_vectors", lambda: {"numberOfTests": 0})
     assert main(["golden", "--out", str(out), "--force"]) == 2
     _one_error_line(capsys, "No space left on device")

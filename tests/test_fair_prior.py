@@ -205,14 +205,18 @@ def test_prior_load_and_save_errors(tmp_path, monkeypatch):
     (tmp_path / "broken.json").write_text("{")
     with pytest.raises(ValueError, match="not valid JSON"):
         Prior.load(tmp_path / "broken.json")
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        _prior().save(tmp_path / "missing" / "p.json")
+    # a missing folder is created, as for every file fairref writes (fairref.files)
+    _prior().save(tmp_path / "new" / "p.json")
+    assert Prior.load(tmp_path / "new" / "p.json").pi.tolist() == _prior().pi.tolist()
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match="is a file, not a folder"):
+        _prior().save(tmp_path / "file" / "p.json")
     # a write that fails half-way leaves the previous file intact and no temporary
     good = tmp_path / "p.json"
     _prior(seed=1).save(good)
     before = good.read_text()
 
-    def broken(self, text):
+    def broken(self, text, **kw):
         open(self, "w").write(text[:10])
         raise OSError("disk full")
     monkeypatch.setattr("pathlib.Path.write_text", broken)
@@ -220,7 +224,8 @@ def test_prior_load_and_save_errors(tmp_path, monkeypatch):
         _prior(seed=2).save(good)
     monkeypatch.undo()
     assert good.read_text() == before
-    assert sorted(f.name for f in tmp_path.iterdir()) == ["broken.json", "p.json"]
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["broken.json", "file", "new",
+                                                          "p.json"]
 
 
 def test_prior_plot_writes_a_png(tmp_path):

@@ -35,10 +35,11 @@ TINY = {"regimes": ["dream_default"], "bits": [[4, 8]], "subsets": 2, "calib_per
 
 @pytest.mark.slow
 def test_pieces_are_saved_reused_and_assembled_from_complete_groups(fvb, tmp_path, monkeypatch):
-    store = tmp_path / "pieces"
+    monkeypatch.setattr(fvb, "OUT", tmp_path)
+    store = fvb.piece_store("t", TINY)
     results, priors = fvb.run(TINY, 1, store)
     names = [fvb.piece_name("dream_default", [4, 8], k) for k in range(2)]
-    assert sorted(p.name for p in store.iterdir()) == sorted(
+    assert sorted(p.name for p in store.folder.iterdir()) == sorted(
         f"{n}.{ext}" for n in names for ext in ("json", "npz"))
     entry = results["regimes"]["dream_default"]["bits"]["w4a8"]
     assert results["missing"] == [] and len(entry["subsets"]) == 2
@@ -51,25 +52,19 @@ def test_pieces_are_saved_reused_and_assembled_from_complete_groups(fvb, tmp_pat
     assert fvb.strip_seconds(again) == fvb.strip_seconds(results)
 
     # outcomes come back as the integers they were
-    piece = fvb.load_piece(store, "dream_default", [4, 8], 1, TINY)
+    piece = store.load(names[1])
     for m, outs in piece["outcomes"].items():
         for key, v in outs.items():
             assert v.dtype == np.float64 and np.array_equal(v, np.round(v)) and v.shape == (8,)
 
     # another configuration does not reuse them
-    assert fvb.load_piece(store, "dream_default", [4, 8], 1, dict(TINY, epochs=2)) is None
+    assert fvb.piece_store("t", dict(TINY, epochs=2)).load(names[1]) is None
+    # ... but which regimes and bits are run is not part of a piece
+    assert fvb.piece_store("t", dict(TINY, bits=[[4, 4], [4, 8]])).load(names[1]) is not None
 
     # a missing subset leaves its group out and names it
-    have = {names[0]: fvb.load_piece(store, "dream_default", [4, 8], 0, TINY)}
+    have = {names[0]: store.load(names[0])}
     partial, _ = fvb.assemble(TINY, have)
     assert partial["missing"] == [names[1]]
     assert partial["regimes"]["dream_default"]["bits"] == {}
     assert "**Incomplete**" in fvb.markdown(partial, "t")
-
-
-def test_a_non_count_outcome_is_refused_before_anything_is_written(fvb, tmp_path):
-    piece = {"regime": "dream_default", "subset": 0, "bits": [4, 4], "models": {},
-             "outcomes": {"fair": {"correct": np.array([0.5])}}}
-    with pytest.raises(ValueError, match="not a count"):
-        fvb.save_piece(tmp_path, piece, TINY)
-    assert list(tmp_path.iterdir()) == []

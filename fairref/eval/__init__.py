@@ -5,6 +5,10 @@
 - ``metrics.py`` — frontier token/set flip rates and masked KL (one pass), post-commit
   mismatch and amplification, task accuracy; ``stability.py`` — stability lag.
 - ``stats.py`` — bootstrap intervals over problems, Kaplan–Meier, paired comparisons.
+- ``run.py`` — :func:`evaluate`, teacher and students on the same problems;
+  ``logit_cache.py`` — no model run twice on one state; ``compare.py`` — tables of them.
+- ``pieces.py`` — :class:`PieceStore`, an experiment kept as resumable pieces (the
+  paper's tables under ``paper_repro/``).
 """
 
 from fairref.eval.metrics import (

@@ -15,12 +15,12 @@ name beside the target and renamed into place (nothing half-written, SPEC §7).
 
 from __future__ import annotations
 
-import os
-import uuid
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
+
+from fairref.files import write_atomic
 
 
 def _pyplot():
@@ -36,15 +36,10 @@ def _pyplot():
 def save_figure(fig, path: str | Path) -> Path:
     """Save ``fig`` as PNG to ``path`` atomically, close it, and return ``path``."""
     plt = _pyplot()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:12]}")
     try:
-        fig.savefig(tmp, format="png", dpi=110)
-        os.replace(tmp, path)
+        return write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     finally:
-        tmp.unlink(missing_ok=True)
         plt.close(fig)
-    return path
 
 
 def plot_flip_by_margin(bins: Mapping[str, Sequence[dict]], path: str | Path,

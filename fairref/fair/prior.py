@@ -26,8 +26,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +34,7 @@ import torch
 from torch import Tensor
 
 from fairref.diffusion.generate import SamplerSettings
+from fairref.files import write_atomic, write_text_atomic
 from fairref.fair.probe import PHI_KINDS, RELIABILITY_KINDS, ProbeResult, probe
 
 FORMAT, VERSION = "fairref.prior", 1
@@ -280,7 +279,7 @@ class Prior:
         """Write one JSON file, atomically (a temporary file, then ``os.replace``)."""
         path = Path(path)
         text = json.dumps(self.to_dict(), indent=1, allow_nan=False)
-        _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+        write_text_atomic(path, text)
 
     @classmethod
     def load(cls, path: str | Path) -> "Prior":
@@ -356,7 +355,7 @@ class Prior:
         fig.tight_layout()
         path = Path(path)
         try:
-            _atomic_write(path, lambda tmp: fig.savefig(tmp, format=path.suffix[1:] or "png"))
+            write_atomic(path, lambda tmp: fig.savefig(tmp, format=path.suffix[1:] or "png"))
         finally:
             plt.close(fig)
 
@@ -375,18 +374,3 @@ def token_weights(prior: Prior, states, *, logit_shift: int, gamma: float | None
 def _unit_mean(v: Tensor) -> Tensor:
     m = v.mean()
     return torch.ones_like(v) if m == 0 else v / m
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then move it into place."""
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"folder {path.parent} does not exist; create it first")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
