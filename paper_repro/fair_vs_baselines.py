@@ -35,7 +35,7 @@ teacher rollout on the held-out problems, and no model is run twice on one state
 
 Run: python paper_repro/fair_vs_baselines.py [--quick] [--subsets K] [--n-eval N]
      [--n-calib N] [--epochs E] [--bits 4,4 4,8] [--regimes ...] [--workers W]
-     [--tag NAME] [--assemble] [--check] [--render]
+     [--tag NAME] [--out DIR] [--device cpu|cuda] [--assemble] [--check] [--render]
 With no options it runs the issue's full setting (5 subsets of 16 prompts per task, 2000
 held-out problems per task, 15 epochs, W4A4 and W4A8, three regimes, the methods fair,
 fair-gptq, masked-uniform, flatquant, quarot); on this 2-core CPU a Dream-toy piece took
@@ -49,13 +49,17 @@ so that this checkout's ``fairref`` is the one imported. ``--render`` rewrites t
 Markdown of ``--tag`` from its JSON. ``--check`` reruns the configuration stored in the
 committed JSON of ``--tag`` (without the piece store) and compares (counts exactly, reals
 to a relative 1e-6, wall times left out), writing nothing: the flat solver's training is
-reproducible on one machine and thread count, not across CPUs.
+reproducible on one machine and thread count, not across CPUs. ``--device cuda``
+computes the pieces on a GPU (in spawned workers); each piece records the device it ran on
+and the table marks a group whose subsets ran on different devices. ``--out DIR`` writes
+everything (table, figures, piece store) under DIR instead of paper_repro/results.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -139,7 +143,7 @@ def eval_problems(c: dict) -> list[tuple[str, str]]:
 
 
 def run_eval(teacher, students: dict, problems, settings):
-    ids = encode_prompts([p for _, p in problems])
+    ids = encode_prompts([p for _, p in problems]).to(model_device(teacher))
     return evaluate(teacher, students, ids, settings, problems=problems,
                     decode=decode_completion, check=lambda pr, text: check(pr[0], pr[1], text),
                     eos_token_id=EOS_ID)
@@ -170,7 +174,7 @@ def variant_prior(teacher, settings, data, calib, name: str) -> tuple[Prior, flo
         prior = Prior.from_stats(H, R, PriorConfig(), settings=settings,
                                  prompt_count=len(calib))
         return prior, 1 / len(TASKS)  # each task's H term has mean 1 by construction
-    ids = encode_prompts([p for _, p in calib])
+    ids = encode_prompts([p for _, p in calib]).to(model_device(teacher))
     prior, probe = estimate_prior(teacher, ids, settings, PriorConfig(**VARIANTS[name]))
     return prior, label_shares(probe.h, labels)["pick"]
 
@@ -197,6 +201,15 @@ def diagnosis(teacher, settings, data, calib, diag, bits, c) -> dict:
     return out
 
 
+def device_of(c: dict) -> str:
+    """Where the pieces of ``c`` compute (configs written before ``--device``: the CPU)."""
+    return c.get("device", "cpu")
+
+
+def model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
 def _unit(v):
     return v / v.mean() if v.mean() > 0 else torch.ones_like(v)
 
@@ -207,12 +220,13 @@ _REGIME_STATE: dict = {}
 
 
 def regime_state(regime: str, c: dict):
-    key = (regime, c["eval_per_task"], c["eval_seed"])
+    device = device_of(c)
+    key = (regime, c["eval_per_task"], c["eval_seed"], device)
     if key not in _REGIME_STATE:
-        teacher = load(checkpoint_dir(REGIMES[regime][0]))
+        teacher = load(checkpoint_dir(REGIMES[regime][0]), device=device)
         settings = settings_of(regime)
         problems = eval_problems(c)
-        ids = encode_prompts([p for _, p in problems])
+        ids = encode_prompts([p for _, p in problems]).to(device)
         cache = LogitCache(teacher, CACHE_BYTES)
         traces = teacher_eval_traces(cache, ids, settings)
         _REGIME_STATE.clear()  # one regime's teacher at a time (memory)
@@ -232,7 +246,7 @@ def run_piece(regime: str, k: int, bits: list[int], c: dict) -> dict:
     teacher, cache, settings, problems, ids, traces = regime_state(regime, c)
     subsets, diag = calib_slices(c)
     calib = subsets[k]
-    data = prepare(teacher, encode_prompts([p for _, p in calib]), settings,
+    data = prepare(teacher, encode_prompts([p for _, p in calib]).to(device_of(c)), settings,
                    states_per_rollout=c["states_per_rollout"])
     flat = FlatConfig(epochs=c["epochs"])
     students, seconds = {}, {}
@@ -246,7 +260,7 @@ def run_piece(regime: str, k: int, bits: list[int], c: dict) -> dict:
     rows = {name: model_row(r, problems) for name, r in res.models.items()}
     for m in seconds:
         rows[m]["calib_seconds"] = seconds[m]
-    piece = {"regime": regime, "subset": k, "bits": bits,
+    piece = {"regime": regime, "subset": k, "bits": bits, "device": device_of(c),
              "stage1_seconds": round(data.seconds, 2),
              "calib_tokens": int(data.masked.attention_mask.sum())
              if data.masked.attention_mask is not None else int(data.masked.ids.numel()),
@@ -289,7 +303,7 @@ def aggregate(subsets: list[dict]) -> dict:
 
 # ------------------------------------------------------------------- the piece store
 #: config keys that do not change a piece (which pieces are run, not what one is)
-NOT_PIECE_KEYS = ("regimes", "bits")
+NOT_PIECE_KEYS = ("regimes", "bits", "device")
 
 
 def piece_name(regime: str, bits, k: int) -> str:
@@ -319,7 +333,9 @@ def run(c: dict, workers: int, store: PieceStore | None) -> tuple[dict, dict]:
           + (f" in {store.folder}" if store is not None else "") + f"; running {len(todo)}",
           file=sys.stderr, flush=True)
     if todo:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        # a forked child cannot initialise CUDA: spawn the workers there
+        ctx = multiprocessing.get_context("spawn" if device_of(c) != "cpu" else None)
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
             futures = {pool.submit(run_piece, r, k, b, c): (r, b, k) for r, b, k in todo}
             for fut in as_completed(futures):
                 piece = fut.result()
@@ -352,9 +368,12 @@ def assemble(c: dict, have: dict) -> tuple[dict, dict]:
                 src = p.get("source")
                 if src is not None and src not in results["sources"]:
                     results["sources"].append(src)
+                dev = p.get("device", "cpu")  # pieces before --device: all on the CPU
+                if dev not in e.setdefault("devices", {}).setdefault(bits_name(b), []):
+                    e["devices"][bits_name(b)].append(dev)
                 subsets.append({k: v for k, v in p.items()
                                 if k not in ("regime", "subset", "bits", "prior", "diagnosis",
-                                             "config", "source")})
+                                             "config", "source", "device")})
                 if "prior" in p:
                     priors[r] = Prior._from_dict(p["prior"], n)
                 if "diagnosis" in p:
@@ -416,8 +435,13 @@ def markdown(r: dict, tag: str) -> str:
     for regime, e in r["regimes"].items():
         for bname, entry in e["bits"].items():
             agg = entry["aggregate"]
-            lines += [f"## {regime}, {bname.upper()}", "",
-                      "| method | accuracy | token flip | set flip | mismatch | masked KL | "
+            lines += [f"## {regime}, {bname.upper()}", ""]
+            devices = e.get("devices", {}).get(bname, ["cpu"])
+            if devices != ["cpu"]:
+                lines += [f"Computed on {' and '.join(devices)}"
+                          + (" (subsets on different devices, whose float rounding differs)"
+                             if len(devices) > 1 else "") + ".", ""]
+            lines += ["| method | accuracy | token flip | set flip | mismatch | masked KL | "
                       "calib s |", "|---|---|---|---|---|---|---|"]
             for m, a in agg["models"].items():
                 sec = np.mean([s["models"][m].get("calib_seconds", 0) for s in entry["subsets"]])
@@ -537,6 +561,7 @@ def figures(r: dict, priors: dict, tag: str) -> None:
 
 
 def main(argv=None) -> int:
+    global OUT  # --out: every writer below reads it
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--check", action="store_true",
                     help="rerun the committed JSON's config of --tag and compare; write nothing")
@@ -558,7 +583,15 @@ def main(argv=None) -> int:
                     help="write the table from the pieces already computed for --tag and "
                          "these options (complete groups only); run nothing")
     ap.add_argument("--tag", default="", help="results name suffix, e.g. reduced")
+    ap.add_argument("--out", type=Path, default=OUT,
+                    help="folder of the table, figures and piece store (default: "
+                         "paper_repro/results, where the committed results live)")
+    ap.add_argument("--device", default="cpu",
+                    help="cpu (default) or cuda[:i]: where every piece computes; which device "
+                         "computed a piece is stored with it, and a group computed on "
+                         "several is marked in the table")
     args = ap.parse_args(argv)
+    OUT = args.out
     tag = args.tag
     name = f"fair_vs_baselines{'_' + tag if tag else ''}"
     if args.check:
@@ -583,6 +616,9 @@ def main(argv=None) -> int:
         print(text)
         return 0
     c = dict(CONFIG, **(QUICK if args.quick else {}))
+    from fairref.cli.common import _device  # one clear error for cuda without CUDA
+
+    c["device"] = str(_device(args.device))
     for key in ("subsets", "eval_per_task", "calib_per_task", "diag_per_task", "epochs",
                 "regimes"):
         if getattr(args, key) is not None:

@@ -107,6 +107,24 @@ def test_reproduction_script_runs_on_cuda(tmp_path):
         assert list(results["models"]) == ["FP", "rtn", "quarot", "fair"]
 
 
+@needs_cuda
+@pytest.mark.slow
+def test_main_table_script_runs_its_pieces_on_cuda(tmp_path):
+    """As a user runs it (its spawned workers re-import the script as __main__)."""
+    import os
+    import subprocess
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    done = subprocess.run([sys.executable, str(ROOT / "paper_repro" / "fair_vs_baselines.py"),
+                           "--device", "cuda", "--quick", "--n-eval", "4", "--regimes",
+                           "llada_semi_ar", "--workers", "2", "--tag", "cuda", "--out",
+                           str(tmp_path)], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    r = json.loads((tmp_path / "fair_vs_baselines_cuda.json").read_text())
+    assert r["missing"] == [] and r["regimes"]["llada_semi_ar"]["devices"]["w4a4"] == ["cuda"]
+    assert "Computed on cuda." in (tmp_path / "fair_vs_baselines_cuda.md").read_text()
+
+
 @no_cuda
 @pytest.mark.parametrize("command", ["probe", "calibrate", "eval"])
 def test_device_cuda_without_cuda_is_one_error_line(tmp_path, capsys, command):

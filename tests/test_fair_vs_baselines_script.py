@@ -68,3 +68,22 @@ def test_pieces_are_saved_reused_and_assembled_from_complete_groups(fvb, tmp_pat
     assert partial["missing"] == [names[1]]
     assert partial["regimes"]["dream_default"]["bits"] == {}
     assert "**Incomplete**" in fvb.markdown(partial, "t")
+
+    # every piece records its device; a group computed on two is marked as such
+    assert store.load(names[0])["device"] == "cpu"
+    assert "Computed on" not in fvb.markdown(results, "t")
+    mixed = {names[0]: store.load(names[0]), names[1]: dict(store.load(names[1]), device="cuda:0")}
+    text = fvb.markdown(fvb.assemble(TINY, mixed)[0], "t")
+    assert "Computed on cpu and cuda:0 (subsets on different devices" in text
+
+
+def test_cuda_without_cuda_is_one_clear_error_before_any_work(fvb, tmp_path, monkeypatch):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    monkeypatch.setattr(fvb, "OUT", tmp_path)
+    monkeypatch.setattr(fvb, "run_piece", lambda *a: pytest.fail("ran a piece"))
+    with pytest.raises(ValueError, match="--device cuda: CUDA is not available"):
+        fvb.main(["--device", "cuda", "--quick", "--tag", "t"])
+    assert list(tmp_path.iterdir()) == []
