@@ -138,7 +138,7 @@ def markdown(r: dict) -> str:
     lines += ["", "Paired tests on per-problem outcomes averaged over subsets (first model − "
               "second; for accuracy positive favours the first, for flips and mismatches "
               "negative does):", ""]
-    lines += fvb.paired_table(r["paired"], "comparison")
+    lines += paired_table(r["paired"], "comparison")
     return "\n".join(lines)
 
 
