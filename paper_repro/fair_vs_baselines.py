@@ -248,16 +248,21 @@ def run_piece(regime: str, k: int, bits: list[int], c: dict) -> dict:
     calib = subsets[k]
     data = prepare(teacher, encode_prompts([p for _, p in calib]).to(device_of(c)), settings,
                    states_per_rollout=c["states_per_rollout"])
+    name = piece_name(regime, bits, k)
+    say(f"piece {name}: Stage I on {len(calib)} prompts ({data.seconds:.0f} s)")
     flat = FlatConfig(epochs=c["epochs"])
     students, seconds = {}, {}
     for m in [FAIR] + baselines(c):
         cal = calibrate(teacher, m, data, w_bits=bits[0], a_bits=bits[1], flat=flat, seed=k)
         students[m], seconds[m] = cal.model, round(cal.seconds, 2)
+        say(f"piece {name}: {m} calibrated ({cal.seconds:.0f} s)")
     res = evaluate(teacher, students, ids, settings, problems=problems,
                    decode=decode_completion,
                    check=lambda pr, text: check(pr[0], pr[1], text), eos_token_id=EOS_ID,
                    teacher_traces=traces, teacher_cache=cache, cache_bytes=CACHE_BYTES)
-    rows = {name: model_row(r, problems) for name, r in res.models.items()}
+    say(f"piece {name}: {len(students)} students evaluated on {len(problems)} problems "
+        f"({sum(r.seconds for r in res.models.values()):.0f} s)")
+    rows = {m: model_row(r, problems) for m, r in res.models.items()}
     for m in seconds:
         rows[m]["calib_seconds"] = seconds[m]
     piece = {"regime": regime, "subset": k, "bits": bits, "device": device_of(c),
@@ -271,6 +276,11 @@ def run_piece(regime: str, k: int, bits: list[int], c: dict) -> dict:
         if bits == c["bits"][0] and c["diag_per_task"] > 0:
             piece["diagnosis"] = diagnosis(teacher, settings, data, calib, diag, bits, c)
     return piece
+
+
+def say(msg: str) -> None:
+    """A progress line on stderr (workers included: a piece takes tens of CPU-minutes)."""
+    print(msg, file=sys.stderr, flush=True)
 
 
 def baselines(c: dict) -> list[str]:
