@@ -76,6 +76,7 @@ from fairref.eval.metrics import MARGIN_EDGES
 from fairref.eval.logit_cache import LogitCache
 from fairref.eval.pieces import PieceStore
 from fairref.eval.run import evaluate, teacher_eval_traces
+from fairref.eval.teacher_forced import model_device
 from fairref.eval.stats import paired_comparison
 from fairref.fair import FlatConfig, Prior, PriorConfig
 from fairref.fair.pipeline import calibrate, prepare
@@ -206,10 +207,6 @@ def diagnosis(teacher, settings, data, calib, diag, bits, c) -> dict:
 def device_of(c: dict) -> str:
     """Where the pieces of ``c`` compute (configs written before ``--device``: the CPU)."""
     return c.get("device", "cpu")
-
-
-def model_device(model) -> torch.device:
-    return next(model.parameters()).device
 
 
 def _unit(v):
@@ -565,7 +562,7 @@ def figures(r: dict, priors: dict, tag: str) -> None:
             ax.legend(fontsize=7)
             fig.tight_layout()
             write_atomic(OUT / f"{base}_margin_{regime}_{bname}.png",
-                    lambda tmp: fig.savefig(tmp, format="png"))
+                         lambda tmp: fig.savefig(tmp, format="png"))
             plt.close(fig)
     for regime, prior in priors.items():
         prior.plot(OUT / f"{base}_prior_{regime}.png",
@@ -649,7 +646,6 @@ def main(argv=None) -> int:
         results, priors = assemble(c, have)
     else:
         results, priors = run(c, args.workers, store)
-    OUT.mkdir(parents=True, exist_ok=True)
     figures(results, priors, tag)
     text = markdown(results, tag)
     for suffix, body in (("json", json.dumps(results, indent=1)), ("md", text)):

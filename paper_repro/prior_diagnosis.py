@@ -165,7 +165,6 @@ def main(argv=None) -> int:
     r = run(c, args.workers)
     text = markdown(r)
     name = f"prior_diagnosis{'_' + args.tag if args.tag else ''}"
-    OUT.mkdir(parents=True, exist_ok=True)
     for suffix, body in (("json", json.dumps(r, indent=1)), ("md", text)):
         write_text_atomic(OUT / f"{name}.{suffix}", body + "\n")
     print(text)

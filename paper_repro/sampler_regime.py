@@ -180,7 +180,6 @@ def main(argv=None) -> int:
             print(d)
         print("check:", "OK" if not diffs else f"{len(diffs)} differences")
         return 1 if diffs else 0
-    OUT.mkdir(parents=True, exist_ok=True)
     for name, prior in priors.items():
         prior.plot(OUT / f"sampler_regime_{name}.png",
                    title=f"Stage I prior, {name} ({prior.prompt_count} training prompts)")
