@@ -600,6 +600,9 @@ def main(argv=None) -> int:
                          "computed a piece is stored with it, and a group computed on "
                          "several is marked in the table")
     args = ap.parse_args(argv)
+    if args.out.exists() and not args.out.is_dir():
+        raise ValueError(f"--out {args.out} is a file; give a folder (it is created if "
+                         "missing)")
     OUT = args.out
     tag = args.tag
     name = f"fair_vs_baselines{'_' + tag if tag else ''}"

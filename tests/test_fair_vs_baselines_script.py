@@ -87,3 +87,10 @@ def test_cuda_without_cuda_is_one_clear_error_before_any_work(fvb, tmp_path, mon
     with pytest.raises(ValueError, match="--device cuda: CUDA is not available"):
         fvb.main(["--device", "cuda", "--quick", "--tag", "t"])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_out_naming_a_file_is_one_clear_error(fvb, tmp_path):
+    (tmp_path / "f").write_text("mine")
+    with pytest.raises(ValueError, match="--out .* is a file; give a folder"):
+        fvb.main(["--out", str(tmp_path / "f"), "--assemble", "--tag", "t"])
+    assert (tmp_path / "f").read_text() == "mine"
