@@ -426,12 +426,12 @@ def test_load_reads_each_tensor_once_and_never_holds_two_stored_copies(stored, w
     and when the next one is read no earlier stored-dtype tensor is still alive (a loader
     that reads everything, then converts, holds all of them). Counted in tensors and bytes,
     not RSS, so the verdict does not depend on the machine."""
-    import fairref.models.checkpoint as ckpt
+    import fairref.models.safetensors_io as st_io
 
     tensors = public_tensors("llada", dtype=stored)
     ck = write_public(tmp_path / "ck", tiny_raw("llada"), tensors, shards=3)
-    log = _ReadLog(ckpt.safe_open)
-    monkeypatch.setattr(ckpt, "safe_open", log)
+    log = _ReadLog(st_io.safe_open)
+    monkeypatch.setattr(st_io, "safe_open", log)
     model = load(ck, dtype=wanted)
     assert sorted(name for _, name in log.reads) == sorted(tensors)  # once each
     assert max(log.alive_at_read) == 0
@@ -441,13 +441,13 @@ def test_load_reads_each_tensor_once_and_never_holds_two_stored_copies(stored, w
 
 
 def test_misshapen_tensor_is_reported_before_any_tensor_data_is_read(tmp_path, monkeypatch):
-    import fairref.models.checkpoint as ckpt
+    import fairref.models.safetensors_io as st_io
 
     t = public_tensors("llada")
     t["model.transformer.ln_f.weight"] = torch.ones(31, dtype=torch.bfloat16)
     ck = write_public(tmp_path / "ck", tiny_raw("llada"), t, shards=2)
-    log = _ReadLog(ckpt.safe_open)
-    monkeypatch.setattr(ckpt, "safe_open", log)
+    log = _ReadLog(st_io.safe_open)
+    monkeypatch.setattr(st_io, "safe_open", log)
     with pytest.raises(ValueError,
                        match=r"shape mismatch for key 'model\.transformer\.ln_f\.weight'"):
         load(ck)

@@ -47,13 +47,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from fairref.files import atomic_directory, read_json, write_text_atomic
-from fairref.models.checkpoint import (
-    _check_headers, _checkpoint_dir, _open_shard, _weight_files, build, check_free_space,
-    read_config,
-)
+from fairref.models.checkpoint import _checkpoint_dir, build, read_config
 from fairref.models.quantized import (
     blocks_prefix, quantized_config, quantized_tensors, rebuild_quantized, shard_file,
     side_files, tensor_bytes, write_index,
+)
+from fairref.models.safetensors_io import (
+    _check_headers, _open_shard, _weight_files, check_free_space,
 )
 from fairref.quant.grid import QuantSpec
 from fairref.quant.transform import kronecker_sizes

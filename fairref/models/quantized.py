@@ -50,7 +50,9 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from fairref.files import atomic_directory, read_json
-from fairref.models.checkpoint import INDEX_FILE, WEIGHTS_FILE, bytes_to_write, check_free_space
+from fairref.models.safetensors_io import (
+    INDEX_FILE, WEIGHTS_FILE, bytes_to_write, check_free_space,
+)
 from fairref.quant.grid import QuantSpec
 from fairref.quant.int4 import pack_int4, unpack_int4
 from fairref.quant.linear import QuantLinear, transform_from_dict
