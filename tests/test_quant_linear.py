@@ -21,6 +21,9 @@ from fairref.quant.linear import QuantLinear, quantize_linears, transform_from_d
 from fairref.quant.rotation import RotationSpec
 
 U = 2.0**-24
+# What a float32 product may add when its result underflows (gradual underflow:
+# fl(x·y) = x·y(1 + δ) + η, |η| ≤ 2⁻¹⁵⁰, half the smallest float32 subnormal).
+ETA32 = float(np.finfo(np.float32).smallest_subnormal) / 2
 
 
 def gamma(n: int) -> float:
@@ -61,6 +64,11 @@ def _fake_vs_int_bound(ql: QuantLinear, x: torch.Tensor) -> np.ndarray:
     The triangle inequality gives the bound. Per group the int path also sums G terms in
     float32 (G−1 more roundings on each term), hence γ_{G+1} in place of γ₂ — SPEC §1's
     "sum the per-group terms" with γ₂ would miss those roundings.
+
+    Underflow (tiny x or W: products below float32's 1.2e-38) adds η ≤ ETA32 per product
+    on top: â_k, ŵ_k and â_k·ŵ_k on the fake path (the first two then scaled by the other
+    factor): η·Σ_k(|ŵ_k| + |â_k| + 1); fl(acc·s_a) then ·s_w,g on the int path:
+    η·Σ_g(s_w,g + 1). Both to first order, times 1 + γ_{K+2}.
     """
     q_a, s_a, _ = quantize(x, ql.a_spec)
     qa = q_a.numpy().astype(np.int64)  # (T, K)
@@ -76,7 +84,11 @@ def _fake_vs_int_bound(ql: QuantLinear, x: torch.Tensor) -> np.ndarray:
         acc = np.abs(a_g @ w_g.T)
         abs_sum = np.abs(a_g) @ np.abs(w_g).T
         bound += sa * sw[:, gi][None, :] * (gamma(G + 1) * acc + gamma(K + 2) * abs_sum)
-    return bound
+    a_hat = np.abs(qa) * sa  # (T, K) |â_k|
+    w_hat = np.abs(qw) * np.repeat(sw, g, axis=1)  # (N, K) |ŵ_k|
+    under = (a_hat.sum(1)[:, None] + w_hat.sum(1)[None, :] + K  # fake path, (T, N)
+             + sw.sum(1)[None, :] + G)  # int path
+    return bound + ETA32 * under * (1 + gamma(K + 2))
 
 
 @given(layer_case(grouped=False))
