@@ -53,7 +53,7 @@ from fairref.models.quantized import (
     side_files, tensor_bytes, write_index,
 )
 from fairref.models.safetensors_io import (
-    _check_headers, _open_shard, _weight_files, check_free_space,
+    _check_headers, _open_shard, _weight_files, bytes_to_write, check_free_space,
 )
 from fairref.quant.grid import QuantSpec
 from fairref.quant.transform import kronecker_sizes
@@ -185,7 +185,7 @@ class StreamingBlocks:
         modules = {k: v for b in self._progress["blocks"] for k, v in b["modules"].items()}
         config_text = quantized_config(self.model, modules, method, prior_file is not None)
         copies = side_files(prior_file, source)
-        check_free_space(self.out, tensor_bytes(rest) + 256 * len(rest) + len(config_text.encode())
+        check_free_space(self.out, bytes_to_write(rest, [config_text])
                          + sum(f.stat().st_size for f in copies.values()))
         weight_map = {k: shard_file(l + 1, n + 1) for l, b in enumerate(self._progress["blocks"])
                       for k in b["tensors"]}

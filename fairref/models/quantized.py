@@ -51,7 +51,7 @@ from torch import Tensor, nn
 
 from fairref.files import atomic_directory, read_json
 from fairref.models.safetensors_io import (
-    INDEX_FILE, WEIGHTS_FILE, bytes_to_write, check_free_space,
+    WEIGHTS_FILE, bytes_to_write, check_free_space, shard_file, tensor_bytes, write_index,
 )
 from fairref.quant.grid import QuantSpec
 from fairref.quant.int4 import pack_int4, unpack_int4
@@ -158,21 +158,6 @@ def quantized_config(model, modules: dict, method: dict | None, has_prior: bool)
         "modules": modules,
     }
     return json.dumps(config, indent=2) + "\n"
-
-
-def shard_file(i: int, n: int) -> str:
-    """The name of shard ``i`` (1-based) of ``n``, as the public checkpoints name them."""
-    return f"model-{i:05d}-of-{n:05d}.safetensors"
-
-
-def write_index(folder: Path, weight_map: dict[str, str], total_size: int) -> None:
-    """``model.safetensors.index.json`` in the layout of the float checkpoints."""
-    index = {"metadata": {"total_size": total_size}, "weight_map": dict(sorted(weight_map.items()))}
-    (folder / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
-
-
-def tensor_bytes(tensors: dict[str, Tensor]) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
 def side_files(prior_file: str | Path | None, source: str | Path | None) -> dict[str, Path]:

@@ -153,9 +153,9 @@ def _check_names(want: Mapping[str, Any], have: Mapping[str, Any]) -> None:
 def read_weights(path: str | Path, device: torch.device | str = "cpu") -> dict[str, Tensor]:
     """All tensors of the checkpoint at ``path`` (as stored), checking index ↔ shards.
 
-    This holds the whole checkpoint in memory in its stored dtype;
+    This holds the whole checkpoint in memory in its stored dtype: a float checkpoint's
     :func:`~fairref.models.checkpoint.load` does not use it (it converts tensor by
-    tensor)."""
+    tensor); a quantized directory's, whose packed tensors are small, does."""
     path = Path(path)
     tensors: dict[str, Tensor] = {}
     for shard, expected in _weight_files(path).items():
@@ -181,8 +181,7 @@ def bytes_to_write(state: Mapping[str, Tensor], texts: list[str]) -> int:
     """An upper estimate of what :func:`~fairref.models.checkpoint.save` writes: the
     tensor data, a generous allowance for the safetensors headers and the index, and the
     text files."""
-    data = sum(t.numel() * t.element_size() for t in state.values())
-    return data + _HEADER_BYTES_PER_TENSOR * len(state) + sum(len(t.encode()) for t in texts)
+    return tensor_bytes(state) + _HEADER_BYTES_PER_TENSOR * len(state) + sum(len(t.encode()) for t in texts)
 
 
 def check_free_space(path: Path, need: int) -> None:
@@ -200,6 +199,22 @@ def check_free_space(path: Path, need: int) -> None:
                          "output directory")
 
 
+def shard_file(i: int, n: int) -> str:
+    """The name of shard ``i`` (1-based) of ``n``, as the public checkpoints name them."""
+    return f"model-{i:05d}-of-{n:05d}.safetensors"
+
+
+def write_index(folder: Path, weight_map: dict[str, str], total_size: int) -> None:
+    """``model.safetensors.index.json`` in the layout of the public checkpoints."""
+    index = {"metadata": {"total_size": total_size}, "weight_map": dict(sorted(weight_map.items()))}
+    (folder / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+
+
+def tensor_bytes(tensors: Mapping[str, Tensor]) -> int:
+    """The bytes of the tensors' data (headers not counted)."""
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
 def _save_sharded(state: dict[str, Tensor], out: Path, max_shard_bytes: int) -> None:
     shards: list[dict[str, Tensor]] = [{}]
     size = 0
@@ -213,9 +228,7 @@ def _save_sharded(state: dict[str, Tensor], out: Path, max_shard_bytes: int) -> 
     K = len(shards)
     weight_map = {}
     for i, shard in enumerate(shards, start=1):
-        fname = f"model-{i:05d}-of-{K:05d}.safetensors"
+        fname = shard_file(i, K)
         save_file(shard, str(out / fname), metadata={"format": "pt"})
         weight_map.update({name: fname for name in shard})
-    total = sum(t.numel() * t.element_size() for t in state.values())
-    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
-    (out / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+    write_index(out, weight_map, tensor_bytes(state))
