@@ -19,6 +19,7 @@ from fairref.quant.grid import QuantSpec, dequantize, fake_quantize, quantize
 from fairref.quant.int4 import int4_matmul
 from fairref.quant.linear import QuantLinear, quantize_linears, transform_from_dict
 from fairref.quant.rotation import RotationSpec
+from fairref.quant.transform import KroneckerTransform
 
 U = 2.0**-24
 # What a float32 product may add when its result underflows (gradual underflow:
@@ -280,6 +281,22 @@ def test_transform_description_round_trips_through_json():
     ql2 = QuantLinear.from_quantized(ql.q_w, ql.s_w, None, ql.w_spec, ql.a_spec, lin.bias, R2)
     x = torch.randn(3, 24)
     assert torch.equal(ql(x), ql2(x))
+
+
+def test_repr_names_a_learned_transform_by_its_shapes_not_its_values():
+    """print(model) of a flat-calibrated model stays readable: each stored matrix of a
+    Kronecker transform appears as its shape (it once printed every entry of P_l, P_r, …),
+    while a rotation spec, which is small, appears whole."""
+    lin = nn.Linear(64, 5)
+    P = torch.full((8, 8), 0.123456)
+    K = KroneckerTransform(P, P, P, P, torch.full((64,), 0.987654))
+    text = repr(QuantLinear.from_linear(lin, QuantSpec(), QuantSpec(granularity="token"), transform=K))
+    assert "0.123" not in text and "0.987" not in text
+    assert "P_l=(8, 8)" in text and "P_r_inv_t=(8, 8)" in text and "zeta=(64,)" in text
+    assert "n_l=8" in text and "kind='kronecker'" in text
+    R = RotationSpec("random", 64, seed=7)
+    text = repr(QuantLinear.from_linear(lin, QuantSpec(), None, transform=R))
+    assert "kind='random', dim=64, block=64, seed=7" in text
 
 
 def test_bad_transforms_are_named():

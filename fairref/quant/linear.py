@@ -240,10 +240,28 @@ class QuantLinear(nn.Module):
         return out.reshape(*lead, N)
 
     def extra_repr(self) -> str:
-        t = None if self.transform is None else self.transform.to_dict()
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"w_bits={self.w_spec.bits}, a_bits={None if self.a_spec is None else self.a_spec.bits}, "
-                f"transform={t}")
+                f"transform={_describe(self.transform)}")
+
+
+def _describe(transform: InputTransform | None) -> str | None:
+    """The transform's ``to_dict()`` in one short line: scalars as they are, each stored
+    matrix or vector by its name and shape (``print(model)`` must not print the matrices)."""
+    if transform is None:
+        return None
+    parts = []
+    for k, v in transform.to_dict().items():
+        if isinstance(v, list):
+            parts.append(f"{k}={_shape(v)}")
+        elif v is not None:
+            parts.append(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}")
+    return "{" + ", ".join(parts) + "}"
+
+
+def _shape(v: list) -> tuple[int, ...]:
+    """The shape of a nested list (its first element at each depth)."""
+    return (len(v),) + (_shape(v[0]) if v and isinstance(v[0], list) else ())
 
 
 def quantize_linears(module: nn.Module, names: list[str], w_spec: QuantSpec,
