@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 import torch
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from test_bounds_strategies import ETA, EPS, heads, kl_tol, lift_slack
@@ -73,6 +73,11 @@ def coupled_cases(draw):
 
 
 @given(coupled_cases())
+# found by the dev profile: bounds of ~1e-320, where only the underflow term holds
+@example((np.zeros((1, 2)), np.array([[0.0, 1e-6]]), np.ones((1, 1)), np.zeros((2, 2)), np.array([4.0]),
+          np.full((2, 2), 0.1), np.full(2, 5.40159806e-157), 1e-6))
+@example((np.zeros((1, 2)), np.array([[6.25e-7, 0.0]]), np.ones((1, 1)), np.zeros((2, 2)), np.array([0.25]),
+          np.full((2, 2), 0.1), np.full(2, 3.37726176e-157), 1e-6))
 def test_T3_last_block_weighted_kl_at_most_weighted_lift(case):
     """Σ w_i KL_i ≤ ¼ Σ w_i L_i² ‖Δh_i‖² ≤ ¼ L_glob² Σ w_i ‖Δh_i‖² (w with zeros and 100s)."""
     H, dH, _, _, w, W, g, eps = case

@@ -23,8 +23,10 @@ EPS = float(np.finfo(np.float64).eps)  # 2.22e-16, unit roundoff ×2 of float64
 # The absolute error a float64 product or quotient may add when its result underflows:
 # with gradual underflow fl(x∘y) = (x∘y)(1 + δ) + η, |δ| ≤ EPS/2, |η| ≤ 2⁻¹⁰⁷⁵ (half the
 # smallest subnormal; sums and differences add no η). Relative tolerances alone fail on
-# results below 2.2e-308 (e.g. a KL of 3e-323 from p ~ 1e-304 and δ ~ 1e-9).
-ETA = float(np.finfo(np.float64).smallest_subnormal) / 2
+# results below 2.2e-308 (e.g. a KL of 3e-323 from p ~ 1e-304 and δ ~ 1e-9). 2⁻¹⁰⁷⁵ is not
+# a float64 (it rounds to 0), so ETA is the smallest subnormal 2⁻¹⁰⁷⁴, the next one up.
+ETA = float(np.finfo(np.float64).smallest_subnormal)
+assert ETA > 0
 
 LOGIT_KINDS = ("generic", "tie", "near_tie", "one_hot", "flat", "tie_below_one_hot")
 DELTA_KINDS = ("swap_top", "generic", "constant", "pair", "spike", "constant_plus_small")
