@@ -375,8 +375,16 @@ def assemble(c: dict, have: dict) -> tuple[dict, dict]:
             for n in names:
                 p = have[n]
                 src = p.get("source")
-                if src is not None and src not in results["sources"]:
-                    results["sources"].append(src)
+                if src is not None:  # which commit computed which groups
+                    entry = next((x for x in results["sources"]
+                                  if (x["commit"], x["dirty"]) == (src["commit"], src["dirty"])),
+                                 None)
+                    if entry is None:
+                        entry = {**src, "groups": []}
+                        results["sources"].append(entry)
+                    group = f"{r} {bits_name(b).upper()}"
+                    if group not in entry["groups"]:
+                        entry["groups"].append(group)
                 dev = p.get("device", "cpu")  # pieces before --device: all on the CPU
                 if dev not in e.setdefault("devices", {}).setdefault(bits_name(b), []):
                     e["devices"][bits_name(b)].append(dev)
@@ -429,7 +437,8 @@ def markdown(r: dict, tag: str) -> str:
                   "Rerunning the same command computes only those.", ""]
     for src in r.get("sources", []):
         lines += [f"Pieces computed at commit `{src['commit']}`"
-                  + (" (with uncommitted changes)" if src.get("dirty") else "") + ".", ""]
+                  + (" (with uncommitted changes)" if src.get("dirty") else "")
+                  + (f": {', '.join(src['groups'])}" if src.get("groups") else "") + ".", ""]
     if is_reduced(c):
         lines += ["**Reduced setting**: the issue's full setting (≥ 5 subsets, ≥ 2000 held-out "
                   "problems per task, 15 epochs, W4A4 and W4A8) did not fit on the shared "
@@ -486,20 +495,34 @@ ALPHA = 0.05  # level of the sign test behind "better" / "worse"
 def verdict(paired: dict) -> list[str]:
     """One line per baseline (better / worse / n.s. on each outcome) and the summary:
     FAIR-Calib wins when it is significantly better than every baseline on at least one
-    outcome and significantly worse on none."""
+    outcome and significantly worse on none.
+
+    "Significantly" is the sign test's: p < ALPHA, in the direction of its own statistic
+    (more problems where fair is ahead than behind, or fewer), not the mean's. Where the
+    bootstrap CI of the mean difference says otherwise (it excludes 0 while the sign test
+    is n.s., or it includes 0 while the sign test is significant), the line says so: the
+    two ask different questions (which method is ahead on more problems; by how much on
+    average) and part of a reader's judgement is when they disagree."""
     lines, wins = [], []
     for b, pc in paired.items():
         parts, better, worse = [], False, False
         for key, sign in FAVOURS.items():
-            est, p = pc[key]["mean_diff"]["estimate"], pc[key]["sign_test_p"]
-            if p < ALPHA and est * sign > 0:
-                parts.append(f"{key} better")
-                better = True
-            elif p < ALPHA and est * sign < 0:
-                parts.append(f"{key} worse")
-                worse = True
+            d = pc[key]
+            p, ahead = d["sign_test_p"], (d["n_pos"] - d["n_neg"]) * sign
+            ci = d["mean_diff"]
+            if p < ALPHA and ahead > 0:
+                word, better = "better", True
+            elif p < ALPHA and ahead < 0:
+                word, worse = "worse", True
             else:
-                parts.append(f"{key} n.s.")
+                word = "n.s."
+            if ci["lo"] > 0 or ci["hi"] < 0:  # the mean's CI excludes 0
+                mean_word = "better" if ci["estimate"] * sign > 0 else "worse"
+            else:
+                mean_word = "n.s."
+            if mean_word != word:
+                word += f" (the mean's CI: {'includes 0' if mean_word == 'n.s.' else mean_word})"
+            parts.append(f"{key} {word}")
         wins.append(better and not worse)
         lines.append(f"- vs {b}: " + ", ".join(parts))
     win = all(wins)
@@ -529,9 +552,11 @@ def diagnosis_markdown(regime: str, d: dict, c: dict) -> list[str]:
         lines.append(f"| {name} | {share} | {v['token_flip']:.4f} | {v['masked_kl']:.4f} | "
                      f"{v['accuracy']:.3f} |")
     v = d["variants"]
-    best = min(v, key=lambda n: (v[n]["masked_kl"], n))
-    lines += ["", f"Lowest masked KL on the diagnosis slice: `{best}` "
-              f"({v[best]['masked_kl']:.4f} vs default {v['default']['masked_kl']:.4f}, "
+    low = min(x["masked_kl"] for x in v.values())
+    best = [n for n in v if v[n]["masked_kl"] == low]  # in table order; a tie names all
+    lines += ["", f"Lowest masked KL on the diagnosis slice: "
+              f"{', '.join(f'`{n}`' for n in best)}{' (tied)' if len(best) > 1 else ''} "
+              f"({low:.4f} vs default {v['default']['masked_kl']:.4f}, "
               f"uniform {v['uniform']['masked_kl']:.4f}); pick's share of the pooled H "
               f"under the default prior: {v['default']['pick_H_share']:.3f}."]
     return lines + [""]

@@ -94,3 +94,46 @@ def test_out_naming_a_file_is_one_clear_error(fvb, tmp_path):
     with pytest.raises(ValueError, match="--out .* is a file; give a folder"):
         fvb.main(["--out", str(tmp_path / "f"), "--assemble", "--tag", "t"])
     assert (tmp_path / "f").read_text() == "mine"
+
+
+def _paired(fvb, a, b):
+    """The paired entry of fair (outcomes a) against one baseline (outcomes b), per outcome."""
+    from fairref.eval.stats import paired_comparison
+    pc = paired_comparison(np.asarray(a, float), np.asarray(b, float)).to_dict()
+    return {"base": {k: pc for k in fvb.FAVOURS}}
+
+
+def test_verdict_direction_is_the_sign_tests_not_the_means(fvb):
+    """fair ahead on 40 problems by 0.05 and behind on 10 by 1.0: on average fair is behind
+    (mean difference −0.08, its bootstrap CI below 0) while the sign test (40 vs 10,
+    p ≈ 2e-5) puts fair ahead. "better"/"worse" follow the sign test, and the line adds
+    that the mean's CI points the other way, rather than labelling a significant sign test
+    with the mean's direction."""
+    a = [0.05] * 40 + [0.0] * 10 + [0.0] * 50
+    b = [0.0] * 40 + [1.0] * 10 + [0.0] * 50
+    pc = _paired(fvb, a, b)
+    assert pc["base"]["correct"]["mean_diff"]["hi"] < 0 and pc["base"]["correct"]["sign_test_p"] < 1e-4
+    line = fvb.verdict(pc)[0]
+    # correct: higher favours fair; token flips and mismatches: lower does
+    assert "correct better (the mean's CI: worse)" in line
+    assert "token_flips worse (the mean's CI: better)" in line
+
+
+def test_verdict_says_when_the_mean_is_clear_and_the_sign_test_is_not(fvb):
+    """fair ahead on 5 problems by 1.0, behind on none: n.s. by the sign test (p = 0.0625)
+    while the mean's bootstrap CI excludes 0 (every resample with a problem ahead is > 0):
+    the line reports both, and the summary counts only the sign test."""
+    a = [1.0] * 5 + [0.0] * 95
+    b = [0.0] * 100
+    pc = _paired(fvb, a, b)
+    assert pc["base"]["correct"]["sign_test_p"] > 0.05 and pc["base"]["correct"]["mean_diff"]["lo"] > 0
+    lines = fvb.verdict(pc)
+    assert lines[0].startswith("- vs base: correct n.s. (the mean's CI: better)")
+    assert lines[-1].startswith("- **Does FAIR-Calib win here?** no")
+
+
+def test_verdict_adds_nothing_when_both_agree(fvb):
+    a = [1.0] * 60 + [0.0] * 40
+    b = [0.0] * 60 + [0.0] * 40
+    lines = fvb.verdict(_paired(fvb, a, b))
+    assert lines[0] == "- vs base: correct better, token_flips worse, mismatched worse"
