@@ -65,7 +65,8 @@ def write_float_dir(root: Path, vocab: int) -> tuple[Path, Path]:
     from safetensors.torch import save_file
 
     from fairref.models import LLaDAConfig, build
-    from fairref.models.quantized import blocks_prefix, shard_file, write_index
+    from fairref.models.quantized import blocks_prefix
+    from fairref.models.safetensors_io import shard_file, write_index
 
     cfg = LLaDAConfig(**WIDTH, n_layers=N_BLOCKS, vocab_size=vocab, embedding_size=vocab,
                       mask_token_id=vocab - 1, eos_token_id=vocab - 2, pad_token_id=vocab - 2)

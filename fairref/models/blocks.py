@@ -49,11 +49,11 @@ from torch import nn
 from fairref.files import atomic_directory, read_json, write_text_atomic
 from fairref.models.checkpoint import _checkpoint_dir, build, read_config
 from fairref.models.quantized import (
-    blocks_prefix, quantized_config, quantized_tensors, rebuild_quantized, shard_file,
-    side_files, tensor_bytes, write_index,
+    blocks_prefix, quantized_config, quantized_tensors, rebuild_quantized, side_files,
 )
 from fairref.models.safetensors_io import (
-    _check_headers, _open_shard, _weight_files, bytes_to_write, check_free_space,
+    _check_headers, _open_shard, _weight_files, bytes_to_write, check_free_space, shard_file,
+    tensor_bytes, write_index,
 )
 from fairref.quant.grid import QuantSpec
 from fairref.quant.transform import kronecker_sizes
