@@ -39,11 +39,11 @@ Run: python paper_repro/fair_vs_baselines.py [--quick] [--subsets K] [--n-eval N
 With no options it runs the issue's full setting (5 subsets of 16 prompts per task, 2000
 held-out problems per task, 15 epochs, W4A4 and W4A8, three regimes, the methods fair,
 fair-gptq, masked-uniform, flatquant, quarot); on this 2-core CPU a Dream-toy piece took
-27–35 CPU-minutes and a LLaDA-toy piece about 47 (42–50 minutes of wall time with two
+27–35 CPU-minutes and a LLaDA-toy piece about 47 (42–55 minutes of wall time with two
 workers), 30 pieces in all. The committed ``full`` pieces were computed with ``--regimes
 dream_default --bits 4,4 4,8 --workers 2 --tag full`` and ``--regimes llada_semi_ar
-llada_one_block --bits 4,4 4,8 --workers 2 --tag full`` (run twice at the same commit,
-stopped after 6 and after 12 of those 20 pieces);
+llada_one_block --bits 4,4 4,8 --workers 2 --tag full`` (run three times at the same commit,
+stopped after 6, 12 and 16 of those 20 pieces);
 ``--tag full --workers 2`` alone continues with the rest. The committed
 medium runs (tags ``medium_llada_semi_ar`` and ``medium_dream_default``: ``--subsets 5
 --n-calib 8 --n-eval 100 --epochs 3 --n-diag 16 --bits 4,4 4,8``, with rtn) each took
