@@ -42,9 +42,9 @@ fair-gptq, masked-uniform, flatquant, quarot); on this 2-core CPU a Dream-toy pi
 27–35 CPU-minutes and a LLaDA-toy piece about 47 (42–55 minutes of wall time with two
 workers), 30 pieces in all. The committed ``full`` pieces were computed with ``--regimes
 dream_default --bits 4,4 4,8 --workers 2 --tag full`` and ``--regimes llada_semi_ar
-llada_one_block --bits 4,4 4,8 --workers 2 --tag full`` (run three times at the same commit,
-stopped after 6, 12 and 18 of those 20 pieces);
-``--tag full --workers 2`` alone continues with the rest. The committed
+llada_one_block --bits 4,4 4,8 --workers 2 --tag full`` (run four times at the same commit:
+stopped after 6, 12 and 18 of those 20 pieces, the fourth run computing the last 2);
+``--tag full --workers 2`` alone continues an interrupted run. The committed
 medium runs (tags ``medium_llada_semi_ar`` and ``medium_dream_default``: ``--subsets 5
 --n-calib 8 --n-eval 100 --epochs 3 --n-diag 16 --bits 4,4 4,8``, with rtn) each took
 about an hour. ``--quick`` takes a few CPU-minutes. Set PYTHONPATH to the repository root
