@@ -80,6 +80,7 @@ from fairref.eval.run import evaluate, teacher_eval_traces
 from fairref.eval.teacher_forced import model_device
 from fairref.eval.stats import paired_comparison
 from fairref.fair import FlatConfig, Prior, PriorConfig
+from fairref.fair.methods import METHODS
 from fairref.fair.pipeline import calibrate, prepare
 from fairref.fair.prior import estimate_prior
 from fairref.files import write_atomic, write_text_atomic
@@ -252,7 +253,7 @@ def run_piece(regime: str, k: int, bits: list[int], c: dict) -> dict:
     say(f"piece {name}: Stage I on {len(calib)} prompts ({data.seconds:.0f} s)")
     flat = FlatConfig(epochs=c["epochs"])
     students, seconds = {}, {}
-    for m in [FAIR] + baselines(c):
+    for m in [primary(c)] + baselines(c):
         cal = calibrate(teacher, m, data, w_bits=bits[0], a_bits=bits[1], flat=flat, seed=k)
         students[m], seconds[m] = cal.model, round(cal.seconds, 2)
         say(f"piece {name}: {m} calibrated ({cal.seconds:.0f} s)")
@@ -283,15 +284,21 @@ def say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def primary(c: dict) -> str:
+    """The method the paired tests judge (``fair`` unless ``--versus`` names another; the
+    key is absent from ``c`` then, so the committed configurations stay as they were)."""
+    return c.get("primary", FAIR)
+
+
 def baselines(c: dict) -> list[str]:
-    return [m for m in c.get("methods", [FAIR] + BASELINES) if m != FAIR]
+    return [m for m in c.get("methods", [FAIR] + BASELINES) if m != primary(c)]
 
 
 METRICS = ("token_flip", "set_flip", "mismatch", "accuracy", "masked_kl")
 
 
-def aggregate(subsets: list[dict]) -> dict:
-    """Mean ± std over subsets, and the paired tests of fair against each baseline."""
+def aggregate(subsets: list[dict], first: str = FAIR) -> dict:
+    """Mean ± std over subsets, and the paired tests of ``first`` against each baseline."""
     names = list(subsets[0]["models"])
     agg = {"models": {m: {k: mean_std([s["models"][m][k] for s in subsets]) for k in METRICS}
                       for m in names}, "paired": {}}
@@ -305,8 +312,8 @@ def aggregate(subsets: list[dict]) -> dict:
 
     def avg(m, key):  # per-problem outcome averaged over subsets
         return np.mean([s["outcomes"][m][key] for s in subsets], 0)
-    for b in [m for m in names if m not in ("FP", FAIR)]:
-        agg["paired"][b] = {key: paired_comparison(avg(FAIR, key), avg(b, key)).to_dict()
+    for b in [m for m in names if m not in ("FP", first)]:
+        agg["paired"][b] = {key: paired_comparison(avg(first, key), avg(b, key)).to_dict()
                             for key in ("correct", "token_flips", "mismatched")}
     return agg
 
@@ -396,7 +403,8 @@ def assemble(c: dict, have: dict) -> tuple[dict, dict]:
                     priors[r] = Prior._from_dict(p["prior"], n)
                 if "diagnosis" in p:
                     e["diagnosis"] = p["diagnosis"]
-            e["bits"][bits_name(b)] = {"subsets": subsets, "aggregate": aggregate(subsets)}
+            e["bits"][bits_name(b)] = {"subsets": subsets,
+                                       "aggregate": aggregate(subsets, primary(c))}
         results["regimes"][r] = e
     for e in results["regimes"].values():  # outcomes live in the pieces, not the table
         for entry in e["bits"].values():
@@ -420,7 +428,11 @@ def fmt(d: dict, digits: int = 4) -> str:
 
 def markdown(r: dict, tag: str) -> str:
     c = r["config"]
-    lines = [f"# FAIR-Calib against the baselines{f' ({tag} setting)' if tag else ''}", "",
+    first = primary(c)
+    who = "FAIR-Calib" if first == FAIR else f"`{first}`"
+    against = ("the baselines" if first == FAIR
+               else ", ".join(f"`{m}`" for m in baselines(c)))
+    lines = [f"# {who} against {against}{f' ({tag} setting)' if tag else ''}", "",
              f"Setting: regimes {', '.join(c['regimes'])}; bits "
              f"{', '.join(bits_name(b).upper() for b in c['bits'])}; {c['subsets']} disjoint "
              f"calibration subsets of {c['calib_per_task']} distinct training prompts per task "
@@ -472,17 +484,18 @@ def markdown(r: dict, tag: str) -> str:
                       "slots per bin in the header):", "",
                       "| method | " + " | ".join(
                           f"{ed} (n={n})" for ed, n in
-                          zip(edges, agg["models"][FAIR]["margin_counts"])) + " |",
+                          zip(edges, agg["models"][first]["margin_counts"])) + " |",
                       "|---|" + "---|" * len(edges)]
             for m, a in agg["models"].items():
                 if "flip_by_margin" in a:
                     lines.append(f"| {m} | " + " | ".join(
                         "n/a" if v is None else f"{v:.4f}" for v in a["flip_by_margin"]) + " |")
-            lines += ["", "Paired tests, fair − baseline on per-problem outcomes averaged over "
-                      "subsets (mean difference [95% bootstrap CI], sign-test p; for accuracy "
-                      "positive favours fair, for flips and mismatches negative does):", ""]
+            lines += ["", f"Paired tests, {first} − baseline on per-problem outcomes averaged "
+                      "over subsets (mean difference [95% bootstrap CI], sign-test p; for "
+                      f"accuracy positive favours {first}, for flips and mismatches negative "
+                      "does):", ""]
             lines += paired_table(agg["paired"], "baseline")
-            lines += [""] + verdict(agg["paired"]) + [""]
+            lines += [""] + verdict(agg["paired"], who) + [""]
         if "diagnosis" in e:
             lines += diagnosis_markdown(regime, e["diagnosis"], c)
     return "\n".join(lines)
@@ -493,10 +506,10 @@ FAVOURS = {"correct": +1, "token_flips": -1, "mismatched": -1}
 ALPHA = 0.05  # level of the sign test behind "better" / "worse"
 
 
-def verdict(paired: dict) -> list[str]:
+def verdict(paired: dict, who: str = "FAIR-Calib") -> list[str]:
     """One line per baseline (better / worse / n.s. on each outcome) and the summary:
-    FAIR-Calib wins when it is significantly better than every baseline on at least one
-    outcome and significantly worse on none.
+    ``who`` (FAIR-Calib, or the ``--versus`` method) wins when it is significantly better
+    than every baseline on at least one outcome and significantly worse on none.
 
     "Significantly" is the sign test's: p < ALPHA, in the direction of its own statistic
     (more problems where fair is ahead than behind, or fewer), not the mean's. Where the
@@ -527,7 +540,7 @@ def verdict(paired: dict) -> list[str]:
         wins.append(better and not worse)
         lines.append(f"- vs {b}: " + ", ".join(parts))
     win = all(wins)
-    lines.append(f"- **Does FAIR-Calib win here?** {'yes' if win else 'no'}: significantly "
+    lines.append(f"- **Does {who} win here?** {'yes' if win else 'no'}: significantly "
                  f"better (sign test p < {ALPHA}) than "
                  f"{sum(wins)} of {len(wins)} baselines on at least one outcome without "
                  "being significantly worse on any.")
@@ -612,6 +625,12 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, help="flat solver epochs")
     ap.add_argument("--bits", nargs="+", help="W,A pairs, e.g. 4,4 4,8")
     ap.add_argument("--regimes", nargs="+", choices=list(REGIMES))
+    ap.add_argument("--methods", nargs="+", metavar="METHOD",
+                    help="the methods to calibrate and compare (SPEC §4.4 names; default: "
+                         "fair fair-gptq masked-uniform flatquant quarot); use a new --tag")
+    ap.add_argument("--versus", metavar="METHOD",
+                    help="the method the paired tests judge against the others (default: "
+                         "fair); must be one of --methods")
     ap.add_argument("--workers", type=int, default=1,
                     help="pieces (regime × bits × subset) run in parallel processes")
     ap.add_argument("--assemble", action="store_true",
@@ -663,6 +682,11 @@ def main(argv=None) -> int:
             c[key] = getattr(args, key)
     if args.bits:
         c["bits"] = [parse_bits(b) for b in args.bits]
+    if args.methods:
+        c["methods"] = list(dict.fromkeys(args.methods))
+    if args.versus and args.versus != FAIR:
+        c["primary"] = args.versus
+    check_methods(c)
     check_counts({"--subsets": c["subsets"], "--n-eval": c["eval_per_task"],
                   "--n-calib": c["calib_per_task"], "--epochs": c["epochs"],
                   "--workers": args.workers})
@@ -690,6 +714,20 @@ def parse_bits(text: str) -> list[int]:
     except ValueError:
         raise ValueError(f"--bits: expected W,A pairs like 4,4; got {text!r}") from None
     return [w, a]
+
+
+def check_methods(c: dict) -> None:
+    """Every method a SPEC §4.4 name, at least two, the judged one among them; else a
+    ValueError naming the option."""
+    unknown = [m for m in c["methods"] if m not in METHODS]
+    if unknown:
+        raise ValueError(f"--methods: unknown method {', '.join(unknown)}; choose from "
+                         f"{', '.join(METHODS)}")
+    if primary(c) not in c["methods"]:
+        raise ValueError(f"--versus {primary(c)} is not among the methods "
+                         f"({' '.join(c['methods'])}); add it to --methods")
+    if len(c["methods"]) < 2:
+        raise ValueError("--methods: give at least two methods to compare")
 
 
 def check_counts(counts: dict) -> None:

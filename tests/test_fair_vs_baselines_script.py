@@ -137,3 +137,49 @@ def test_verdict_adds_nothing_when_both_agree(fvb):
     b = [0.0] * 60 + [0.0] * 40
     lines = fvb.verdict(_paired(fvb, a, b))
     assert lines[0] == "- vs base: correct better, token_flips worse, mismatched worse"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--methods", "fair", "nosuch"], "--methods: unknown method nosuch"),
+    (["--methods", "fair-gptq", "masked-uniform-gptq"], "--versus fair is not among the methods"),
+    (["--methods", "fair-gptq", "gptq", "--versus", "quarot"], "--versus quarot is not among"),
+    (["--methods", "fair-gptq", "fair-gptq", "--versus", "fair-gptq"], "at least two methods"),
+])
+def test_bad_methods_are_one_clear_error_before_any_work(fvb, tmp_path, monkeypatch, argv,
+                                                         message):
+    monkeypatch.setattr(fvb, "OUT", tmp_path)
+    monkeypatch.setattr(fvb, "run_piece", lambda *a: pytest.fail("ran a piece"))
+    with pytest.raises(ValueError, match=message):
+        fvb.main(argv + ["--tag", "t", "--out", str(tmp_path)])
+    assert list(tmp_path.iterdir()) == []
+
+
+def _subset(correct: dict) -> dict:
+    """A piece's subset entry whose methods get the given per-problem correctness, and one
+    token flip and one mismatch on every problem they get wrong (the other numbers are
+    placeholders that aggregate only averages)."""
+    row = {k: 0.0 for k in ("token_flip", "set_flip", "mismatch", "accuracy", "masked_kl")}
+    row["margin_bins"] = {"flips": [0, 0, 0, 0], "counts": [1, 1, 1, 1]}
+    return {"models": {m: dict(row) for m in ["FP", *correct]},
+            "outcomes": {m: {"correct": np.asarray(v, float),
+                             "token_flips": 1 - np.asarray(v, float),
+                             "mismatched": 1 - np.asarray(v, float)}
+                         for m, v in correct.items()}}
+
+
+def test_versus_judges_the_named_method_against_every_other(fvb):
+    """With ``primary`` set, the paired tests are that method minus each other one (not
+    fair minus them), and the table and verdict name it; without it the configuration,
+    and so every committed piece's validity, is unchanged."""
+    good, bad = [1.0] * 30, [0.0] * 30
+    subsets = [_subset({"fair-gptq": good, "masked-uniform-gptq": bad})] * 2
+    agg = fvb.aggregate(subsets, "fair-gptq")
+    assert list(agg["paired"]) == ["masked-uniform-gptq"]
+    assert agg["paired"]["masked-uniform-gptq"]["correct"]["mean_diff"]["estimate"] == 1.0
+    c = dict(fvb.CONFIG, methods=["fair-gptq", "masked-uniform-gptq"], primary="fair-gptq")
+    assert fvb.primary(c) == "fair-gptq" and fvb.baselines(c) == ["masked-uniform-gptq"]
+    assert "primary" not in fvb.CONFIG and fvb.primary(fvb.CONFIG) == "fair"
+    lines = fvb.verdict(agg["paired"], "`fair-gptq`")
+    assert lines[0] == ("- vs masked-uniform-gptq: correct better, token_flips better, "
+                        "mismatched better")
+    assert lines[-1].startswith("- **Does `fair-gptq` win here?** yes")
