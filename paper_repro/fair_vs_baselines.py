@@ -44,7 +44,11 @@ workers), 30 pieces in all. The committed ``full`` pieces were computed with ``-
 dream_default --bits 4,4 4,8 --workers 2 --tag full`` and ``--regimes llada_semi_ar
 llada_one_block --bits 4,4 4,8 --workers 2 --tag full`` (run four times at the same commit:
 stopped after 6, 12 and 18 of those 20 pieces, the fourth run computing the last 2);
-``--tag full --workers 2`` alone continues an interrupted run. The committed
+``--tag full --workers 2`` alone continues an interrupted run. ``--methods`` and ``--versus``
+choose the methods and the one the paired tests judge: the committed ablation
+``--tag gptq_prior_w4a8 --methods fair-gptq masked-uniform-gptq --versus fair-gptq --bits
+4,8 --n-diag 0`` (W4A8 only, no diagnosis) asks whether fair-gptq's W4A8 lead is the
+prior's or GPTQ's. The committed
 medium runs (tags ``medium_llada_semi_ar`` and ``medium_dream_default``: ``--subsets 5
 --n-calib 8 --n-eval 100 --epochs 3 --n-diag 16 --bits 4,4 4,8``, with rtn) each took
 about an hour. ``--quick`` takes a few CPU-minutes. Set PYTHONPATH to the repository root
@@ -414,10 +418,11 @@ def assemble(c: dict, have: dict) -> tuple[dict, dict]:
 
 
 def is_reduced(c: dict) -> bool:
-    """Whether ``c`` is below the issue's full setting anywhere."""
+    """Whether ``c`` is below the issue's full setting anywhere (an ablation, judging
+    another method than fair, chooses its bit settings: those are not a reduction)."""
     return (c["subsets"] < CONFIG["subsets"] or c["eval_per_task"] < CONFIG["eval_per_task"]
             or c["epochs"] < CONFIG["epochs"] or c["calib_per_task"] < CONFIG["calib_per_task"]
-            or any(b not in c["bits"] for b in CONFIG["bits"]))
+            or (primary(c) == FAIR and any(b not in c["bits"] for b in CONFIG["bits"])))
 
 
 def fmt(d: dict, digits: int = 4) -> str:

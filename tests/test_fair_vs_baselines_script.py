@@ -179,6 +179,9 @@ def test_versus_judges_the_named_method_against_every_other(fvb):
     c = dict(fvb.CONFIG, methods=["fair-gptq", "masked-uniform-gptq"], primary="fair-gptq")
     assert fvb.primary(c) == "fair-gptq" and fvb.baselines(c) == ["masked-uniform-gptq"]
     assert "primary" not in fvb.CONFIG and fvb.primary(fvb.CONFIG) == "fair"
+    # an ablation chooses its bit settings; the main table at W4A8 alone is reduced
+    assert not fvb.is_reduced(dict(c, bits=[[4, 8]]))
+    assert fvb.is_reduced(dict(fvb.CONFIG, bits=[[4, 8]]))
     lines = fvb.verdict(agg["paired"], "`fair-gptq`")
     assert lines[0] == ("- vs masked-uniform-gptq: correct better, token_flips better, "
                         "mismatched better")
