@@ -517,7 +517,7 @@ def verdict(paired: dict, who: str = "FAIR-Calib") -> list[str]:
     than every baseline on at least one outcome and significantly worse on none.
 
     "Significantly" is the sign test's: p < ALPHA, in the direction of its own statistic
-    (more problems where fair is ahead than behind, or fewer), not the mean's. Where the
+    (more problems where ``who`` is ahead than behind, or fewer), not the mean's. Where the
     bootstrap CI of the mean difference says otherwise (it excludes 0 while the sign test
     is n.s., or it includes 0 while the sign test is significant), the line says so: the
     two ask different questions (which method is ahead on more problems; by how much on
